@@ -1,0 +1,155 @@
+"""Forward+backward time of DeformableConv2D relative to tf.nn.conv2d, and its peak memory.
+
+For each shape (N, HxW, C -> C, 3x3 kernel, "same" padding, offsets ~ N(0, 1), no mask) it
+times, in the same process and interleaved, one training step's worth of work:
+  conv2d    tf.nn.conv2d, gradients w.r.t. input and kernel (the baseline);
+  compiled  the E2eTf>DeformableConv2D custom op, gradients w.r.t. input, offsets, kernel;
+  pure_tf   the pure-TensorFlow bilinear-sampling path, same gradients;
+and prints median milliseconds and the ratio to conv2d.
+
+Peak memory (--memory): each implementation runs in a fresh subprocess on the largest
+shape; after a warm-up step the process's peak-RSS mark is reset (`5` written to
+/proc/self/clear_refs, Linux) and the reported figure is VmHWM after one more step minus
+VmRSS before it: the transient host memory of one forward+backward (CPU only).
+
+  python bench/deformable_conv_bench.py --repeats=10 --memory
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+flags.DEFINE_integer("repeats", 10, "Timed steps per implementation and shape (median shown).")
+flags.DEFINE_list("implementations", ["conv2d", "compiled", "pure_tf"],
+                  "Which of conv2d, compiled, pure_tf to run.")
+flags.DEFINE_bool("memory", False, "Also measure the peak memory of the largest shape.")
+flags.DEFINE_string("memory_child", None, "Internal: run the memory probe for this "
+                    "implementation and print JSON.")
+FLAGS = flags.FLAGS
+
+SHAPES = [(8, 14, 256), (8, 7, 512), (4, 56, 64)]  # (N, H = W, C = filters)
+LARGEST = (4, 56, 64)
+
+
+def _step_fn(implementation: str, batch: int, size: int, channels: int):
+    """A tf.function running forward + backward of one implementation on fixed random data."""
+    import tensorflow as tf
+
+    rng = tf.random.Generator.from_seed(0)
+    x = rng.normal((batch, size, size, channels))
+    kernel = rng.normal((3, 3, channels, channels)) * 0.05
+    offsets = rng.normal((batch, size, size, 18))
+    attrs = dict(strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1,
+                 offset_groups=1)
+    if implementation == "conv2d":
+        def forward():
+            return tf.nn.conv2d(x, kernel, 1, "SAME")
+        sources = [x, kernel]
+    else:
+        if implementation == "compiled":
+            from e2e_tf.custom_ops.ops.deformable_conv2d_ops import deformable_conv2d
+        else:
+            from e2e_tf.ops.deformable_sampling import deformable_conv2d_pure_tf as deformable_conv2d
+
+        def forward():
+            return deformable_conv2d(x, offsets, kernel, None, **attrs)
+        sources = [x, offsets, kernel]
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(sources)
+            loss = tf.reduce_sum(forward())
+        return tape.gradient(loss, sources)
+
+    return step
+
+
+def _run(step) -> None:
+    for grad in step():
+        grad.numpy()  # wait for the result
+
+
+def _time_shapes(implementations: list[str], repeats: int) -> None:
+    import numpy as np
+
+    print(f"{'N, HxW, C->C':>18} | " + " | ".join(f"{name:>19}" for name in implementations))
+    print("-" * (21 + 22 * len(implementations)))
+    for batch, size, channels in SHAPES:
+        steps = {name: _step_fn(name, batch, size, channels) for name in implementations}
+        for step in steps.values():
+            _run(step)
+            _run(step)
+        times = {name: [] for name in implementations}
+        for _ in range(repeats):  # interleaved, so load changes hit all implementations alike
+            for name, step in steps.items():
+                start = time.perf_counter()
+                _run(step)
+                times[name].append(time.perf_counter() - start)
+        medians = {name: float(np.median(t)) * 1e3 for name, t in times.items()}
+        base = medians.get("conv2d")
+        cells = []
+        for name in implementations:
+            ratio = f" ({medians[name] / base:4.2f}x)" if base else ""
+            cells.append(f"{medians[name]:8.1f} ms{ratio:>8}")
+        print(f"{f'{batch}, {size}x{size}, {channels}':>18} | " + " | ".join(cells), flush=True)
+
+
+def _memory_child(implementation: str) -> None:
+    step = _step_fn(implementation, *LARGEST)
+    _run(step)
+
+    def status(field: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError(f"{field} missing from /proc/self/status")
+
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    before = status("VmRSS")
+    _run(step)
+    print(json.dumps({"peak_delta_bytes": status("VmHWM") - before}))
+
+
+def _measure_memory(implementations: list[str]) -> None:
+    print(f"\nPeak host memory of one forward+backward, N, HxW, C = {LARGEST} "
+          "(VmHWM - VmRSS, fresh process each):")
+    for name in implementations:
+        result = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), f"--memory_child={name}"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True)
+        peak = json.loads(result.stdout.strip().splitlines()[-1])["peak_delta_bytes"]
+        print(f"  {name:>9}: {peak / 2**20:8.1f} MiB")
+
+
+def main(argv):
+    del argv
+    if FLAGS.memory_child:
+        _memory_child(FLAGS.memory_child)
+        return
+    implementations = list(FLAGS.implementations)
+    if "compiled" in implementations:
+        from e2e_tf.custom_ops.ops import deformable_conv2d_ops
+
+        if not deformable_conv2d_ops.is_available():
+            print(f"compiled op not available ({deformable_conv2d_ops.load_error()}); skipped")
+            implementations.remove("compiled")
+    import tensorflow as tf
+
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, "
+          f"devices: {[d.device_type for d in tf.config.list_logical_devices()]}")
+    _time_shapes(implementations, FLAGS.repeats)
+    if FLAGS.memory:
+        _measure_memory(implementations)
+
+
+if __name__ == "__main__":
+    app.run(main)

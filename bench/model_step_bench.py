@@ -1,0 +1,129 @@
+"""Images/s of one training step of E2E-DCNN against the plain backbone, measured in the same run.
+
+One step = forward + backward + RMSProp update with binary cross-entropy on logits plus the L2
+terms, through `Model.train_on_batch` (what `fit` runs per batch). Variants:
+
+  plain       backbone + global average pooling + dropout + dense (no SPP, no deformable conv)
+  spp         plain + spatial pyramid pooling
+  deformable  plain with the last --deformable_stages stages deformable
+  e2e         deformable + SPP: the paper's E2E-DCNN
+
+Warm-up steps (tracing, first allocations) are excluded; the table gives the median of --steps
+timed steps and the ratio of images/s to the first variant. On a shared CPU the figures move
+with the machine's load, which is printed next to them.
+
+  python bench/model_step_bench.py --batch_size=8 --image_size=224 --variants=plain,e2e
+"""
+
+import os
+import statistics
+import time
+
+from absl import app
+from absl import flags
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from e2e_tf import ops
+from e2e_tf.model import build_model
+
+VARIANTS = {
+    "plain": {"deformable": False, "spp": False},
+    "spp": {"deformable": False, "spp": True},
+    "deformable": {"deformable": True, "spp": False},
+    "e2e": {"deformable": True, "spp": True},
+}
+
+_BACKBONE = flags.DEFINE_string("backbone", "resnet50", "Backbone name (see e2e_tf.backbones).")
+_VARIANTS = flags.DEFINE_list(
+    "variants", ["plain", "e2e"], f"Comma-separated variants to time, the first is the baseline: {list(VARIANTS)}."
+)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Images per training step.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Height and width of the square input images.")
+_NUM_LABELS = flags.DEFINE_integer("num_labels", 260, "Number of keywords M (Corel5k has 260).")
+_DEFORMABLE_STAGES = flags.DEFINE_integer(
+    "deformable_stages", 1, "Last stages made deformable in the deformable and e2e variants."
+)
+_IMPLEMENTATION = flags.DEFINE_enum(
+    "implementation", "auto", ["auto", "custom_op", "pure_tf"], "DeformableConv2D implementation."
+)
+_JIT_COMPILE = flags.DEFINE_enum(
+    "jit_compile", "auto", ["auto", "true", "false"], "XLA for the train step (Keras' auto: off on CPU)."
+)
+_MIXED_PRECISION = flags.DEFINE_bool("mixed_precision", False, "Use the mixed_float16 policy.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps before timing.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps; the median is reported.")
+
+
+def time_variant(name: str, images: np.ndarray, labels: np.ndarray) -> tuple[int, list[float]]:
+    """Builds and compiles one variant; returns its parameter count and the timed step durations."""
+    variant = VARIANTS[name]
+    model = build_model(
+        _NUM_LABELS.value,
+        backbone=_BACKBONE.value,
+        deformable_stages=_DEFORMABLE_STAGES.value if variant["deformable"] else 0,
+        spp=variant["spp"],
+        deformable_implementation=_IMPLEMENTATION.value,
+        image_size=images.shape[1:3],
+    )
+    jit_compile = {"auto": "auto", "true": True, "false": False}[_JIT_COMPILE.value]
+    model.compile(
+        optimizer=keras.optimizers.RMSprop(learning_rate=0.005),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+        jit_compile=jit_compile,
+    )
+    for _ in range(_WARMUP.value):
+        model.train_on_batch(images, labels)
+    durations = []
+    for _ in range(_STEPS.value):
+        start = time.perf_counter()
+        model.train_on_batch(images, labels)  # returns numpy losses, so the step has finished
+        durations.append(time.perf_counter() - start)
+    return model.count_params(), durations
+
+
+def main(argv):
+    del argv
+    unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
+    if unknown or not _VARIANTS.value:
+        raise app.UsageError(f"--variants must name some of {list(VARIANTS)}. Received: {unknown or 'nothing'}")
+    if _STEPS.value < 1 or _BATCH_SIZE.value < 1 or _IMAGE_SIZE.value < 1:
+        raise app.UsageError("--steps, --batch_size and --image_size must be positive.")
+    if _MIXED_PRECISION.value:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+
+    rng = np.random.default_rng(0)
+    size = _IMAGE_SIZE.value
+    images = rng.uniform(0, 255, (_BATCH_SIZE.value, size, size, 3)).astype("float32")
+    labels = (rng.uniform(size=(_BATCH_SIZE.value, _NUM_LABELS.value)) < 0.02).astype("float32")
+
+    devices = [d.device_type for d in tf.config.list_physical_devices()]
+    print(
+        f"backbone={_BACKBONE.value} batch={_BATCH_SIZE.value} image={size}x{size} "
+        f"M={_NUM_LABELS.value} deformable_stages={_DEFORMABLE_STAGES.value} "
+        f"implementation={_IMPLEMENTATION.value}->{ops.resolve_implementation(_IMPLEMENTATION.value, warn=False)} "
+        f"jit_compile={_JIT_COMPILE.value} mixed_precision={_MIXED_PRECISION.value} "
+        f"warmup={_WARMUP.value} steps={_STEPS.value}"
+    )
+    print(f"devices={devices} cpus={os.cpu_count()} tf={tf.__version__} keras={keras.__version__}")
+
+    rows = []
+    for name in _VARIANTS.value:
+        load_before = os.getloadavg()[0]
+        params, durations = time_variant(name, images, labels)
+        median = statistics.median(durations)
+        rows.append((name, params, median, min(durations), _BATCH_SIZE.value / median, load_before))
+        keras.backend.clear_session()
+
+    baseline = rows[0][4]
+    print(f"\n{'variant':<11} {'params':>11} {'median ms':>10} {'min ms':>9} {'images/s':>9} "
+          f"{'vs ' + rows[0][0]:>10} {'load':>5}")
+    for name, params, median, fastest, rate, load in rows:
+        print(f"{name:<11} {params:>11,} {median * 1e3:>10.1f} {fastest * 1e3:>9.1f} {rate:>9.2f} "
+              f"{rate / baseline:>9.2f}x {load:>5.2f}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,657 @@
+// DeformableConv2D op kernels: the CPU implementation and the device-generic
+// OpKernel classes (the CUDA kernels live in deformable_conv2d_kernels.cu.cc).
+//
+// Structure (as in a convolution by im2col): for a chunk of output pixels, sample
+// the deformed taps into a (rows, kh*kw*C) column buffer, then one GEMM per group.
+// Backward recomputes the columns, accumulates the kernel gradient, reuses the
+// buffer for the column gradient, then scatters it into the input gradient and
+// reduces it into the offset and mask gradients. Every loop is parallel on the
+// CPU device's thread pool, each output element has a single writer, so results
+// do not depend on the thread count.
+
+#define EIGEN_USE_THREADS
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "cpu_gemm.h"
+#include "deformable_conv2d_kernels.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/util/work_sharder.h"
+#include "unsupported/Eigen/CXX11/Tensor"
+
+#if GOOGLE_CUDA
+#include "xla/stream_executor/stream.h"
+#endif
+
+namespace e2e_tf {
+
+using ::tensorflow::DataTypeToEnum;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+template <typename... Args>
+absl::Status InvalidArgument(const Args&... args) {
+  return absl::InvalidArgumentError(absl::StrCat(args...));
+}
+
+struct CpuTag {};
+struct GpuTag {};
+
+namespace {
+
+// Column buffer (plus, backward, the sampling plan) per chunk: bounded so that
+// memory does not grow with the batch.
+constexpr int64_t kCpuChunkBytes = int64_t{64} << 20;
+constexpr int64_t kGpuChunkBytes = int64_t{512} << 20;
+
+struct ConvAttrs {
+  std::vector<int32_t> strides;
+  std::vector<int32_t> pads;
+  std::vector<int32_t> dilations;
+  int groups = 1;
+  int offset_groups = 1;
+  bool use_mask = false;
+  int64_t chunk_rows = 0;
+};
+
+absl::Status ReadAttrs(OpKernelConstruction* ctx, ConvAttrs* attrs) {
+  TF_RETURN_IF_ERROR(ctx->GetAttr("strides", &attrs->strides));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("pads", &attrs->pads));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("dilations", &attrs->dilations));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("groups", &attrs->groups));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("offset_groups", &attrs->offset_groups));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("use_mask", &attrs->use_mask));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("chunk_rows", &attrs->chunk_rows));
+  // The shape function has validated the attribute values already.
+  return absl::OkStatus();
+}
+
+// Builds the geometry from the run-time shapes; the shape function may have seen
+// unknown dimensions, so every relation the kernels rely on is checked again here.
+absl::Status MakeGeometry(const ConvAttrs& a, const TensorShape& input,
+                          const TensorShape& offsets, const TensorShape& kernel,
+                          const TensorShape& mask, DeformableConv2DGeometry* g) {
+  if (input.dims() != 4 || offsets.dims() != 4 || kernel.dims() != 4 ||
+      (a.use_mask && mask.dims() != 4)) {
+    return InvalidArgument("input ", input.DebugString(), ", offsets ", offsets.DebugString(),
+                           ", kernel ", kernel.DebugString(), (a.use_mask ? " and mask " : ""),
+                           (a.use_mask ? mask.DebugString() : ""), " must all have rank 4");
+  }
+  g->batch = input.dim_size(0);
+  g->height = input.dim_size(1);
+  g->width = input.dim_size(2);
+  g->channels = input.dim_size(3);
+  g->kernel_h = static_cast<int>(kernel.dim_size(0));
+  g->kernel_w = static_cast<int>(kernel.dim_size(1));
+  g->filters = kernel.dim_size(3);
+  g->stride_h = a.strides[0];
+  g->stride_w = a.strides[1];
+  g->pad_top = a.pads[0];
+  g->pad_left = a.pads[2];
+  g->dilation_h = a.dilations[0];
+  g->dilation_w = a.dilations[1];
+  g->groups = a.groups;
+  g->offset_groups = a.offset_groups;
+  g->use_mask = a.use_mask;
+  if (kernel.dim_size(2) * a.groups != g->channels || g->filters % a.groups != 0 ||
+      g->channels % a.offset_groups != 0 || g->kernel_h < 1 || g->kernel_w < 1) {
+    return InvalidArgument("input ", input.DebugString(), " and kernel ", kernel.DebugString(),
+                           " do not fit groups=", a.groups, ", offset_groups=",
+                           a.offset_groups);
+  }
+  const int64_t span_h = int64_t{a.dilations[0]} * (g->kernel_h - 1) + 1;
+  const int64_t span_w = int64_t{a.dilations[1]} * (g->kernel_w - 1) + 1;
+  const int64_t padded_h = g->height + a.pads[0] + a.pads[1];
+  const int64_t padded_w = g->width + a.pads[2] + a.pads[3];
+  if (padded_h < span_h || padded_w < span_w) {
+    return InvalidArgument("input ", input.DebugString(), " plus padding is smaller than the ",
+                           "dilated kernel ", span_h, "x", span_w);
+  }
+  g->out_height = (padded_h - span_h) / a.strides[0] + 1;
+  g->out_width = (padded_w - span_w) / a.strides[1] + 1;
+  const TensorShape want_offsets(
+      {g->batch, g->out_height, g->out_width, 2 * a.offset_groups * g->taps()});
+  if (offsets != want_offsets) {
+    return InvalidArgument("offsets has shape ", offsets.DebugString(), " but input ",
+                           input.DebugString(), " and kernel ", kernel.DebugString(),
+                           " need ", want_offsets.DebugString());
+  }
+  if (a.use_mask) {
+    const TensorShape want_mask(
+        {g->batch, g->out_height, g->out_width, a.offset_groups * g->taps()});
+    if (mask != want_mask) {
+      return InvalidArgument("mask has shape ", mask.DebugString(), " but input ",
+                             input.DebugString(), " and kernel ", kernel.DebugString(),
+                             " need ", want_mask.DebugString());
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Output pixels per chunk: the attribute when set, else what fits the budget.
+int64_t ChunkRows(const DeformableConv2DGeometry& g, int64_t attr_rows, int64_t bytes_per_row,
+                  int64_t budget) {
+  const int64_t rows = std::max<int64_t>(g.rows(), 1);
+  if (attr_rows > 0) return std::min(attr_rows, rows);
+  return std::clamp<int64_t>(budget / std::max<int64_t>(bytes_per_row, 1), 1, rows);
+}
+
+// ---------------------------------------------------------------------------- CPU
+
+ParallelFor CpuParallelFor(OpKernelContext* ctx) {
+  const auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
+  return [threads](int64_t total, int64_t cost,
+                   const std::function<void(int64_t, int64_t)>& work) {
+    ::tensorflow::Shard(threads->num_threads, threads->workers, total, cost, work);
+  };
+}
+
+// A maximal run of channels [begin, end) in one offset group and one group.
+struct ChannelRun {
+  int64_t offset_group;
+  int64_t begin;
+  int64_t end;
+};
+
+std::vector<ChannelRun> ChannelRuns(const DeformableConv2DGeometry& g, int64_t begin,
+                                    int64_t end) {
+  std::vector<ChannelRun> runs;
+  const int64_t cog = g.channels_per_offset_group();
+  const int64_t cg = g.channels_per_group();
+  while (begin < end) {
+    const int64_t og = begin / cog;
+    const int64_t stop = std::min({end, (og + 1) * cog, (begin / cg + 1) * cg});
+    runs.push_back({og, begin, stop});
+    begin = stop;
+  }
+  return runs;
+}
+
+// A sample's corners with the mask folded into the weights (backward scatter plan).
+template <typename T>
+struct PlanEntry {
+  int64_t index[4];
+  T weight[4];
+};
+
+template <typename T>
+bool SampleAt(const DeformableConv2DGeometry& g, const T* offsets, int64_t row, int64_t tap,
+              int64_t og, BilinearSample<T>* s) {
+  const int64_t n = row / g.out_pixels();
+  const int64_t pixel = row - n * g.out_pixels();
+  const int64_t oy = pixel / g.out_width;
+  const int64_t ox = pixel - oy * g.out_width;
+  const int i = static_cast<int>(tap / g.kernel_w);
+  const int j = static_cast<int>(tap - int64_t{i} * g.kernel_w);
+  const T* d = offsets + row * 2 * g.offset_groups * g.taps() + og * 2 * g.taps() + 2 * tap;
+  return BilinearCorners<T>(BaseY<T>(g, oy, i) + d[0], BaseX<T>(g, ox, j) + d[1], n, g.height,
+                            g.width, g.channels, s);
+}
+
+template <typename T>
+T MaskAt(const DeformableConv2DGeometry& g, const T* mask, int64_t row, int64_t tap,
+         int64_t og) {
+  return mask == nullptr ? T(1) : mask[(row * g.offset_groups + og) * g.taps() + tap];
+}
+
+// dst[c] = sum_k w_k * corner_k[c] for c in [0, len): the deformed im2col entry.
+template <typename T>
+void Interpolate(const T* input, const int64_t index[4], const T weight[4], int64_t c0,
+                 int64_t len, T* dst) {
+  if (index[0] >= 0 && index[1] >= 0 && index[2] >= 0 && index[3] >= 0) {
+    const T* p0 = input + index[0] + c0;
+    const T* p1 = input + index[1] + c0;
+    const T* p2 = input + index[2] + c0;
+    const T* p3 = input + index[3] + c0;
+    for (int64_t c = 0; c < len; ++c) {
+      dst[c] = weight[0] * p0[c] + weight[1] * p1[c] + weight[2] * p2[c] + weight[3] * p3[c];
+    }
+    return;
+  }
+  std::fill(dst, dst + len, T(0));
+  for (int k = 0; k < 4; ++k) {
+    if (index[k] < 0) continue;
+    const T* p = input + index[k] + c0;
+    for (int64_t c = 0; c < len; ++c) dst[c] += weight[k] * p[c];
+  }
+}
+
+// Fills the column buffer for rows [row0, row0 + rows).
+template <typename T>
+void CpuIm2Col(const ParallelFor& parallel_for, const DeformableConv2DGeometry& g,
+               const T* input, const T* offsets, const T* mask, int64_t row0, int64_t rows,
+               T* col) {
+  std::vector<std::vector<ChannelRun>> runs(g.offset_groups);
+  const int64_t cog = g.channels_per_offset_group();
+  for (int og = 0; og < g.offset_groups; ++og) runs[og] = ChannelRuns(g, og * cog, (og + 1) * cog);
+  parallel_for(rows, g.col_width() * 6, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t row = row0 + r;
+      T* col_row = col + r * g.col_width();
+      for (int64_t tap = 0; tap < g.taps(); ++tap) {
+        for (int og = 0; og < g.offset_groups; ++og) {
+          BilinearSample<T> s;
+          const bool inside = SampleAt(g, offsets, row, tap, og, &s);
+          const T m = MaskAt(g, mask, row, tap, og);
+          T weight[4];
+          for (int k = 0; k < 4; ++k) weight[k] = inside ? s.weight[k] * m : T(0);
+          for (const ChannelRun& run : runs[og]) {
+            T* dst = col_row + g.column(tap, run.begin);
+            if (inside) {
+              Interpolate(input, s.index, weight, run.begin, run.end - run.begin, dst);
+            } else {
+              std::fill(dst, dst + (run.end - run.begin), T(0));
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// Offset and mask gradients of rows [row0, row0 + rows) (one writer per row) and
+// the scatter plan for the input gradient.
+template <typename T>
+void CpuCoordinateGrad(const ParallelFor& parallel_for, const DeformableConv2DGeometry& g,
+                       const T* input, const T* offsets, const T* mask, const T* grad_col,
+                       int64_t row0, int64_t rows, T* grad_offsets, T* grad_mask,
+                       PlanEntry<T>* plan) {
+  std::vector<std::vector<ChannelRun>> runs(g.offset_groups);
+  const int64_t cog = g.channels_per_offset_group();
+  for (int og = 0; og < g.offset_groups; ++og) runs[og] = ChannelRuns(g, og * cog, (og + 1) * cog);
+  parallel_for(rows, g.col_width() * 8, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t row = row0 + r;
+      const T* gc_row = grad_col + r * g.col_width();
+      for (int64_t tap = 0; tap < g.taps(); ++tap) {
+        for (int og = 0; og < g.offset_groups; ++og) {
+          PlanEntry<T>& entry = plan[(r * g.taps() + tap) * g.offset_groups + og];
+          BilinearSample<T> s;
+          T grad_dy = T(0), grad_dx = T(0), grad_m = T(0);
+          if (SampleAt(g, offsets, row, tap, og, &s)) {
+            const T m = MaskAt(g, mask, row, tap, og);
+            T dots[4] = {T(0), T(0), T(0), T(0)};
+            for (int k = 0; k < 4; ++k) {
+              entry.index[k] = s.index[k];
+              entry.weight[k] = s.weight[k] * m;
+              if (s.index[k] < 0) continue;
+              T dot = T(0);
+              for (const ChannelRun& run : runs[og]) {
+                const T* gc = gc_row + g.column(tap, run.begin);
+                const T* v = input + s.index[k] + run.begin;
+                for (int64_t c = 0; c < run.end - run.begin; ++c) dot += gc[c] * v[c];
+              }
+              dots[k] = dot;
+            }
+            CoordinateGradients(s, dots, m, &grad_dy, &grad_dx, &grad_m);
+          } else {
+            for (int k = 0; k < 4; ++k) entry.index[k] = -1;
+          }
+          T* go = grad_offsets + row * 2 * g.offset_groups * g.taps() + og * 2 * g.taps();
+          go[2 * tap] = grad_dy;
+          go[2 * tap + 1] = grad_dx;
+          if (grad_mask != nullptr) grad_mask[(row * g.offset_groups + og) * g.taps() + tap] = grad_m;
+        }
+      }
+    }
+  });
+}
+
+// Scatters the column gradient into the input gradient. Threads own disjoint
+// channel blocks, so there are no races and the summation order is fixed.
+template <typename T>
+void CpuCol2Im(const ParallelFor& parallel_for, const DeformableConv2DGeometry& g,
+               const T* grad_col, const PlanEntry<T>* plan, int64_t rows, T* grad_input) {
+  const int64_t blocks = std::clamp<int64_t>(g.channels / 16, 1, 32);
+  parallel_for(blocks, rows * g.taps() * (g.channels / blocks) * 8, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const std::vector<ChannelRun> runs =
+          ChannelRuns(g, g.channels * b / blocks, g.channels * (b + 1) / blocks);
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* gc_row = grad_col + r * g.col_width();
+        for (int64_t tap = 0; tap < g.taps(); ++tap) {
+          const PlanEntry<T>* entries = plan + (r * g.taps() + tap) * g.offset_groups;
+          for (const ChannelRun& run : runs) {
+            const PlanEntry<T>& e = entries[run.offset_group];
+            const T* gc = gc_row + g.column(tap, run.begin);
+            const int64_t len = run.end - run.begin;
+            for (int k = 0; k < 4; ++k) {
+              if (e.index[k] < 0) continue;
+              T* dst = grad_input + e.index[k] + run.begin;
+              const T w = e.weight[k];
+              for (int64_t c = 0; c < len; ++c) dst[c] += w * gc[c];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void CpuForward(const ParallelFor& pf, const DeformableConv2DGeometry& g, const T* input,
+                const T* offsets, const T* kernel, const T* mask, T* output, T* col,
+                int64_t chunk_rows) {
+  const int64_t kg = g.group_col_width();
+  const int64_t fg = g.filters_per_group();
+  for (int64_t row0 = 0; row0 < g.rows(); row0 += chunk_rows) {
+    const int64_t rows = std::min(chunk_rows, g.rows() - row0);
+    CpuIm2Col(pf, g, input, offsets, mask, row0, rows, col);
+    for (int grp = 0; grp < g.groups; ++grp) {
+      Gemm<T>(pf, rows, fg, kg, {col + grp * kg, g.col_width(), 1},
+              {kernel + grp * fg, g.filters, 1}, output + row0 * g.filters + grp * fg,
+              g.filters, /*accumulate=*/false);
+    }
+  }
+}
+
+template <typename T>
+void CpuBackward(const ParallelFor& pf, const DeformableConv2DGeometry& g, const T* input,
+                 const T* offsets, const T* kernel, const T* mask, const T* grad_output,
+                 T* grad_input, T* grad_offsets, T* grad_mask, T* grad_kernel, T* col,
+                 T* kernel_t, PlanEntry<T>* plan, int64_t chunk_rows) {
+  const int64_t kg = g.group_col_width();
+  const int64_t fg = g.filters_per_group();
+  const int64_t kernel_size = kg * g.filters;
+  std::fill(grad_input, grad_input + g.batch * g.height * g.width * g.channels, T(0));
+  std::fill(grad_kernel, grad_kernel + kernel_size, T(0));
+  // kernel_t[f][k] = kernel[k][f]: B of the column-gradient product, contiguous.
+  for (int64_t k = 0; k < kg; ++k) {
+    for (int64_t f = 0; f < g.filters; ++f) kernel_t[f * kg + k] = kernel[k * g.filters + f];
+  }
+  for (int64_t row0 = 0; row0 < g.rows(); row0 += chunk_rows) {
+    const int64_t rows = std::min(chunk_rows, g.rows() - row0);
+    const T* go = grad_output + row0 * g.filters;
+    CpuIm2Col(pf, g, input, offsets, mask, row0, rows, col);
+    for (int grp = 0; grp < g.groups; ++grp) {
+      // grad_kernel_g += col_g^T * grad_output_g
+      Gemm<T>(pf, kg, fg, rows, {col + grp * kg, 1, g.col_width()}, {go + grp * fg, g.filters, 1},
+              grad_kernel + grp * fg, g.filters, /*accumulate=*/true);
+    }
+    for (int grp = 0; grp < g.groups; ++grp) {
+      // grad_col_g = grad_output_g * kernel_g^T, written over the columns.
+      Gemm<T>(pf, rows, kg, fg, {go + grp * fg, g.filters, 1}, {kernel_t + grp * fg * kg, kg, 1},
+              col + grp * kg, g.col_width(), /*accumulate=*/false);
+    }
+    CpuCoordinateGrad(pf, g, input, offsets, mask, col, row0, rows, grad_offsets, grad_mask,
+                      plan);
+    CpuCol2Im(pf, g, col, plan, rows, grad_input);
+  }
+}
+
+// ------------------------------------------------------------ per-device launchers
+
+template <typename Device, typename T>
+struct Launcher;
+
+template <typename T>
+struct Launcher<CpuTag, T> {
+  static absl::Status Forward(OpKernelContext* ctx, const DeformableConv2DGeometry& g,
+                              int64_t attr_rows, const T* input, const T* offsets,
+                              const T* kernel, const T* mask, T* output) {
+    const int64_t chunk = ChunkRows(g, attr_rows, g.col_width() * sizeof(T), kCpuChunkBytes);
+    Tensor col;
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(DataTypeToEnum<T>::value,
+                                          TensorShape({chunk * g.col_width()}), &col));
+    CpuForward(CpuParallelFor(ctx), g, input, offsets, kernel, mask, output, col.flat<T>().data(),
+               chunk);
+    return absl::OkStatus();
+  }
+
+  static absl::Status Backward(OpKernelContext* ctx, const DeformableConv2DGeometry& g,
+                               int64_t attr_rows, const T* input, const T* offsets,
+                               const T* kernel, const T* mask, const T* grad_output,
+                               T* grad_input, T* grad_offsets, T* grad_mask, T* grad_kernel) {
+    const int64_t plan_row = g.taps() * g.offset_groups * sizeof(PlanEntry<T>);
+    const int64_t chunk =
+        ChunkRows(g, attr_rows, g.col_width() * sizeof(T) + plan_row, kCpuChunkBytes);
+    Tensor col, kernel_t, plan;
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(DataTypeToEnum<T>::value,
+                                          TensorShape({chunk * g.col_width()}), &col));
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(
+        DataTypeToEnum<T>::value, TensorShape({g.group_col_width() * g.filters}), &kernel_t));
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_INT8, TensorShape({chunk * plan_row}),
+                                          &plan));
+    CpuBackward(CpuParallelFor(ctx), g, input, offsets, kernel, mask, grad_output, grad_input,
+                grad_offsets, grad_mask, grad_kernel, col.flat<T>().data(),
+                kernel_t.flat<T>().data(),
+                reinterpret_cast<PlanEntry<T>*>(plan.flat<int8_t>().data()), chunk);
+    return absl::OkStatus();
+  }
+
+  template <typename Half>
+  static void ToFloat(OpKernelContext* ctx, const Tensor& in, Tensor* out) {
+    out->flat<float>().device(ctx->eigen_device<Eigen::ThreadPoolDevice>()) =
+        in.flat<Half>().template cast<float>();
+  }
+  template <typename Half>
+  static void FromFloat(OpKernelContext* ctx, const Tensor& in, Tensor* out) {
+    out->flat<Half>().device(ctx->eigen_device<Eigen::ThreadPoolDevice>()) =
+        in.flat<float>().template cast<Half>();
+  }
+};
+
+#if GOOGLE_CUDA
+void* GpuStream(OpKernelContext* ctx) {
+  return ctx->op_device_context()->stream()->platform_specific_handle().stream;
+}
+
+absl::Status CudaStatus(const char* error) {
+  if (error == nullptr || error[0] == '\0') return absl::OkStatus();
+  return absl::InternalError(absl::StrCat("DeformableConv2D CUDA kernel failed: ", error));
+}
+
+template <typename T>
+struct Launcher<GpuTag, T> {
+  static absl::Status Forward(OpKernelContext* ctx, const DeformableConv2DGeometry& g,
+                              int64_t attr_rows, const T* input, const T* offsets,
+                              const T* kernel, const T* mask, T* output) {
+    const int64_t chunk = ChunkRows(g, attr_rows, g.col_width() * sizeof(T), kGpuChunkBytes);
+    Tensor col;
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(DataTypeToEnum<T>::value,
+                                          TensorShape({chunk * g.col_width()}), &col));
+    return CudaStatus(gpu::DeformableConv2DForward<T>(GpuStream(ctx), g, input, offsets, kernel,
+                                                      mask, output, col.flat<T>().data(),
+                                                      chunk));
+  }
+
+  static absl::Status Backward(OpKernelContext* ctx, const DeformableConv2DGeometry& g,
+                               int64_t attr_rows, const T* input, const T* offsets,
+                               const T* kernel, const T* mask, const T* grad_output,
+                               T* grad_input, T* grad_offsets, T* grad_mask, T* grad_kernel) {
+    const int64_t chunk = ChunkRows(g, attr_rows, g.col_width() * sizeof(T), kGpuChunkBytes);
+    Tensor col, kernel_t;
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(DataTypeToEnum<T>::value,
+                                          TensorShape({chunk * g.col_width()}), &col));
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(
+        DataTypeToEnum<T>::value, TensorShape({g.group_col_width() * g.filters}), &kernel_t));
+    return CudaStatus(gpu::DeformableConv2DBackward<T>(
+        GpuStream(ctx), g, input, offsets, kernel, mask, grad_output, grad_input, grad_offsets,
+        grad_mask, grad_kernel, col.flat<T>().data(), kernel_t.flat<T>().data(), chunk));
+  }
+
+  template <typename Half>
+  static void ToFloat(OpKernelContext* ctx, const Tensor& in, Tensor* out) {
+    OP_REQUIRES_OK(ctx, CudaStatus(gpu::CastHalfToFloat(
+                            GpuStream(ctx), reinterpret_cast<const uint16_t*>(in.flat<Half>().data()),
+                            out->flat<float>().data(), in.NumElements(),
+                            std::is_same_v<Half, Eigen::bfloat16>)));
+  }
+  template <typename Half>
+  static void FromFloat(OpKernelContext* ctx, const Tensor& in, Tensor* out) {
+    OP_REQUIRES_OK(ctx, CudaStatus(gpu::CastFloatToHalf(
+                            GpuStream(ctx), in.flat<float>().data(),
+                            reinterpret_cast<uint16_t*>(out->flat<Half>().data()),
+                            in.NumElements(), std::is_same_v<Half, Eigen::bfloat16>)));
+  }
+};
+#endif  // GOOGLE_CUDA
+
+// float and double run natively; half and bfloat16 run the float kernels on
+// float copies (the column buffer and GEMMs need float accumulation anyway).
+template <typename T>
+constexpr bool kNative = std::is_same_v<T, float> || std::is_same_v<T, double>;
+
+template <typename T>
+using ComputeType = std::conditional_t<kNative<T>, T, float>;
+
+template <typename T>
+const ComputeType<T>* DataOf(const Tensor& t) {
+  return t.NumElements() == 0 ? nullptr : t.flat<ComputeType<T>>().data();
+}
+template <typename T>
+ComputeType<T>* MutableDataOf(Tensor* t) {
+  return t->NumElements() == 0 ? nullptr : t->flat<ComputeType<T>>().data();
+}
+
+// Returns `in` itself for native types, else a float copy.
+template <typename Device, typename T>
+absl::Status ComputeInput(OpKernelContext* ctx, const Tensor& in, Tensor* out) {
+  if constexpr (kNative<T>) {
+    *out = in;
+  } else {
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_FLOAT, in.shape(), out));
+    if (in.NumElements() > 0) Launcher<Device, float>::template ToFloat<T>(ctx, in, out);
+  }
+  return absl::OkStatus();
+}
+
+// Returns the output tensor itself for native types, else a float temporary that
+// FinishOutput converts into it.
+template <typename Device, typename T>
+absl::Status ComputeOutput(OpKernelContext* ctx, Tensor* output, Tensor* out) {
+  if constexpr (kNative<T>) {
+    *out = *output;
+    return absl::OkStatus();
+  } else {
+    return ctx->allocate_temp(tensorflow::DT_FLOAT, output->shape(), out);
+  }
+}
+
+template <typename Device, typename T>
+void FinishOutput(OpKernelContext* ctx, const Tensor& computed, Tensor* output) {
+  if constexpr (!kNative<T>) {
+    if (output->NumElements() > 0) {
+      Launcher<Device, float>::template FromFloat<T>(ctx, computed, output);
+    }
+  }
+}
+
+}  // namespace
+
+template <typename Device, typename T>
+class DeformableConv2DOp : public OpKernel {
+ public:
+  explicit DeformableConv2DOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ReadAttrs(ctx, &attrs_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& input = ctx->input(0);
+    const Tensor& offsets = ctx->input(1);
+    const Tensor& kernel = ctx->input(2);
+    const Tensor& mask = ctx->input(3);
+    DeformableConv2DGeometry g;
+    OP_REQUIRES_OK(ctx, MakeGeometry(attrs_, input.shape(), offsets.shape(), kernel.shape(),
+                                     mask.shape(), &g));
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            0, TensorShape({g.batch, g.out_height, g.out_width, g.filters}),
+                            &output));
+    if (output->NumElements() == 0) return;
+    Tensor x, off, w, m, y;
+    OP_REQUIRES_OK(ctx, (ComputeInput<Device, T>(ctx, input, &x)));
+    OP_REQUIRES_OK(ctx, (ComputeInput<Device, T>(ctx, offsets, &off)));
+    OP_REQUIRES_OK(ctx, (ComputeInput<Device, T>(ctx, kernel, &w)));
+    OP_REQUIRES_OK(ctx, (ComputeInput<Device, T>(ctx, g.use_mask ? mask : Tensor(), &m)));
+    OP_REQUIRES_OK(ctx, (ComputeOutput<Device, T>(ctx, output, &y)));
+    OP_REQUIRES_OK(ctx, (Launcher<Device, ComputeType<T>>::Forward(
+                            ctx, g, attrs_.chunk_rows, DataOf<T>(x), DataOf<T>(off),
+                            DataOf<T>(w), g.use_mask ? DataOf<T>(m) : nullptr,
+                            MutableDataOf<T>(&y))));
+    FinishOutput<Device, T>(ctx, y, output);
+  }
+
+ private:
+  ConvAttrs attrs_;
+};
+
+template <typename Device, typename T>
+class DeformableConv2DGradOp : public OpKernel {
+ public:
+  explicit DeformableConv2DGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ReadAttrs(ctx, &attrs_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& input = ctx->input(0);
+    const Tensor& offsets = ctx->input(1);
+    const Tensor& kernel = ctx->input(2);
+    const Tensor& mask = ctx->input(3);
+    const Tensor& grad_output = ctx->input(4);
+    DeformableConv2DGeometry g;
+    OP_REQUIRES_OK(ctx, MakeGeometry(attrs_, input.shape(), offsets.shape(), kernel.shape(),
+                                     mask.shape(), &g));
+    const TensorShape out_shape({g.batch, g.out_height, g.out_width, g.filters});
+    OP_REQUIRES(ctx, grad_output.shape() == out_shape,
+                InvalidArgument("grad_output has shape ", grad_output.shape().DebugString(),
+                                " but the forward output has shape ", out_shape.DebugString()));
+    Tensor* outputs[4] = {nullptr, nullptr, nullptr, nullptr};
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, input.shape(), &outputs[0]));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, offsets.shape(), &outputs[1]));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, g.use_mask ? mask.shape() : TensorShape({0}),
+                                             &outputs[2]));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, kernel.shape(), &outputs[3]));
+    if (input.NumElements() == 0 && kernel.NumElements() == 0) return;
+    Tensor x, off, w, m, dy;
+    OP_REQUIRES_OK(ctx, (ComputeInput<Device, T>(ctx, input, &x)));
+    OP_REQUIRES_OK(ctx, (ComputeInput<Device, T>(ctx, offsets, &off)));
+    OP_REQUIRES_OK(ctx, (ComputeInput<Device, T>(ctx, kernel, &w)));
+    OP_REQUIRES_OK(ctx, (ComputeInput<Device, T>(ctx, g.use_mask ? mask : Tensor(), &m)));
+    OP_REQUIRES_OK(ctx, (ComputeInput<Device, T>(ctx, grad_output, &dy)));
+    Tensor grads[4];
+    for (int i = 0; i < 4; ++i) {
+      OP_REQUIRES_OK(ctx, (ComputeOutput<Device, T>(ctx, outputs[i], &grads[i])));
+    }
+    OP_REQUIRES_OK(ctx, (Launcher<Device, ComputeType<T>>::Backward(
+                            ctx, g, attrs_.chunk_rows, DataOf<T>(x), DataOf<T>(off),
+                            DataOf<T>(w), g.use_mask ? DataOf<T>(m) : nullptr, DataOf<T>(dy),
+                            MutableDataOf<T>(&grads[0]), MutableDataOf<T>(&grads[1]),
+                            g.use_mask ? MutableDataOf<T>(&grads[2]) : nullptr,
+                            MutableDataOf<T>(&grads[3]))));
+    for (int i = 0; i < 4; ++i) FinishOutput<Device, T>(ctx, grads[i], outputs[i]);
+  }
+
+ private:
+  ConvAttrs attrs_;
+};
+
+#define E2E_TF_REGISTER_KERNELS(DEVICE, TAG, T)                                        \
+  REGISTER_KERNEL_BUILDER(                                                            \
+      Name("E2eTf>DeformableConv2D").Device(DEVICE).TypeConstraint<T>("T"),           \
+      DeformableConv2DOp<TAG, T>);                                                    \
+  REGISTER_KERNEL_BUILDER(                                                            \
+      Name("E2eTf>DeformableConv2DGrad").Device(DEVICE).TypeConstraint<T>("T"),       \
+      DeformableConv2DGradOp<TAG, T>);
+
+E2E_TF_REGISTER_KERNELS(::tensorflow::DEVICE_CPU, CpuTag, float)
+E2E_TF_REGISTER_KERNELS(::tensorflow::DEVICE_CPU, CpuTag, double)
+E2E_TF_REGISTER_KERNELS(::tensorflow::DEVICE_CPU, CpuTag, Eigen::half)
+E2E_TF_REGISTER_KERNELS(::tensorflow::DEVICE_CPU, CpuTag, Eigen::bfloat16)
+#if GOOGLE_CUDA
+E2E_TF_REGISTER_KERNELS(::tensorflow::DEVICE_GPU, GpuTag, float)
+E2E_TF_REGISTER_KERNELS(::tensorflow::DEVICE_GPU, GpuTag, double)
+E2E_TF_REGISTER_KERNELS(::tensorflow::DEVICE_GPU, GpuTag, Eigen::half)
+E2E_TF_REGISTER_KERNELS(::tensorflow::DEVICE_GPU, GpuTag, Eigen::bfloat16)
+#endif
+
+#undef E2E_TF_REGISTER_KERNELS
+
+}  // namespace e2e_tf

@@ -1,0 +1,41 @@
+"""Prints the top-k keywords of images as JSON lines, from a trained model or an export.
+
+  python -m e2e_tf.annotate --model=runs/demo photos/ cat.jpg
+  python -m e2e_tf.annotate --model=exports/e2e photos/
+
+One line per image: {"image": path, "keywords": [...], "scores": [...]}, or
+{"image": path, "error": "..."} when it cannot be read or decoded. The exit code is 1 when
+any image failed.
+"""
+
+import json
+import sys
+
+from absl import app, flags
+
+flags.DEFINE_string("model", None, "A trained model dir or .keras file (written by `python -m e2e_tf.train`), "
+                    "or a SavedModel export (a version folder, or the base folder: its highest version).")
+flags.DEFINE_integer("top_k", 5, "Keywords per image.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 32, "Images run through the model at once.", lower_bound=1)
+flags.mark_flag_as_required("model")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) < 2:
+        raise app.UsageError("Give the images or folders (walked for .jpg/.jpeg/.png/.bmp/.gif) to annotate.")
+    from e2e_tf.annotator import Annotator, find_images
+
+    annotator = Annotator.from_path(FLAGS.model, top_k=FLAGS.top_k, batch_size=FLAGS.batch_size)
+    failed = 0
+    for result in annotator.annotate_files(find_images(argv[1:])):
+        failed += "error" in result
+        print(json.dumps(result), flush=True)
+    if failed:
+        print(f"{failed} image(s) could not be annotated.", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

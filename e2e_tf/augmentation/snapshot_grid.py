@@ -1,0 +1,92 @@
+"""A grid like the paper's Fig. 7: each source image, then its GAN's snapshots at increasing iterations.
+
+  python -m e2e_tf.augmentation.snapshot_grid --images=1000/1000,10000/10001,108000/108001 \
+      --image_size=32 --snapshots=100,300,600,1000,1500 --output=runs/mlwgan_fig7.png
+
+`--images` are Corel5k ids (`<folder>/<id>`) under `<shared data>/corel5k/Lihit__SML/DataSet`
+(or any JPEG paths relative to `--image_root`); all their GANs train at once (one
+`MultiImageWGAN`). Prints the ML-WGAN time per image.
+"""
+
+import os
+import pathlib
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+from PIL import Image, ImageDraw
+
+from e2e_tf import data_location, preprocessing
+from e2e_tf.augmentation.augmented_records import to_uint8
+from e2e_tf.augmentation.mlwgan import MLWGANConfig, MultiImageWGAN
+
+
+def train_snapshots(
+    images: np.ndarray, config: MLWGANConfig, snapshot_iterations: list[int], seed: int = 0
+) -> tuple[np.ndarray, float]:
+    """Trains one GAN per image ([N, S, S, 3] in [0, 255]); returns snapshots [N, len(snapshots), S, S, 3] and seconds."""
+    model = MultiImageWGAN(len(images), config)
+    model.reset(np.stack([np.full(len(images), seed), np.arange(len(images))], axis=1))
+    start, done, columns = time.perf_counter(), 0, []
+    for iteration in sorted(snapshot_iterations):
+        model.train_iterations(images, iteration - done)
+        done = iteration
+        columns.append(to_uint8(model.sample(iteration)))
+    return np.stack(columns, axis=1), time.perf_counter() - start
+
+
+def snapshot_grid(sources: np.ndarray, snapshots: np.ndarray, titles: list[str], tile: int = 128) -> Image.Image:
+    """Source column then snapshot columns, each tile upscaled (nearest) to `tile` pixels, titles on top."""
+    rows, columns = snapshots.shape[0], snapshots.shape[1] + 1
+    header, gap = 16, 4
+    grid = Image.new("RGB", (columns * (tile + gap) + gap, header + rows * (tile + gap) + gap), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, title in enumerate(titles):
+        draw.text((gap + c * (tile + gap), 2), title, fill="black")
+    for r in range(rows):
+        for c in range(columns):
+            pixels = sources[r] if c == 0 else snapshots[r, c - 1]
+            image = Image.fromarray(pixels).resize((tile, tile), Image.NEAREST)
+            grid.paste(image, (gap + c * (tile + gap), header + gap + r * (tile + gap)))
+    return grid
+
+
+_IMAGES = flags.DEFINE_list("images", ["1000/1000", "10000/10001", "108000/108001"], "Image ids or relative paths.")
+_IMAGE_ROOT = flags.DEFINE_string("image_root", None, "Folder of the images (default: shared Corel5k DataSet).")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 32, "GAN image side.")
+_FILTERS = flags.DEFINE_integer("filters", 32, "generator_filters = critic_filters.")
+_SNAPSHOTS = flags.DEFINE_list("snapshots", ["100", "300", "600", "1000"], "Generator iterations of the snapshots.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the GANs.")
+_OUTPUT = flags.DEFINE_string("output", "mlwgan_fig7.png", "Where the PNG goes.")
+
+
+def main(argv):
+    del argv
+    root = pathlib.Path(_IMAGE_ROOT.value or data_location.shared_data_dir() / "corel5k" / "Lihit__SML" / "DataSet")
+    sources, size = [], _IMAGE_SIZE.value
+    for name in _IMAGES.value:
+        path = root / (name if pathlib.Path(name).suffix else f"{name}.jpeg")
+        if not path.is_file():
+            raise app.UsageError(f"--images: no image file {path}")
+        pixels = tf.io.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
+        sources.append(preprocessing.resize_image(pixels, (size, size)).numpy())
+    sources = np.stack(sources)
+    iterations = sorted(int(s) for s in _SNAPSHOTS.value)
+    config = MLWGANConfig(image_size=size, generator_filters=_FILTERS.value, critic_filters=_FILTERS.value)
+    snapshots, seconds = train_snapshots(sources, config, iterations, _SEED.value)
+    grid = snapshot_grid(to_uint8(sources), snapshots, ["source"] + [f"iter {i}" for i in iterations])
+    output = pathlib.Path(_OUTPUT.value)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(f"{output.name}.tmp-{os.getpid()}.png")
+    grid.save(temporary)
+    os.replace(temporary, output)
+    print(
+        f"{len(sources)} images trained together for {iterations[-1]} generator iterations at {size}x{size}: "
+        f"{seconds:.1f} s, {seconds / len(sources):.1f} s per image "
+        f"({seconds / len(sources) / iterations[-1] * 1000:.1f} ms per image-iteration). Grid: {output}"
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)

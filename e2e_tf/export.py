@@ -1,0 +1,45 @@
+"""Exports a trained model as a TF Serving SavedModel (encoded images in, keywords out).
+
+  python -m e2e_tf.export --model=runs/demo --export_dir=exports/e2e
+
+writes exports/e2e/<next free version>/ with the signatures `serving_default` (image_bytes)
+and `serving_pixels` (float pixels); see e2e_tf/serving_export.py.
+"""
+
+from absl import app, flags
+
+flags.DEFINE_string("model", None, "Trained model: a model dir (model.keras + model_info.json) written by "
+                    "`python -m e2e_tf.train`, or a .keras file with model_info.json next to it.")
+flags.DEFINE_string("export_dir", None, "Model base path for TF Serving; the export goes to <export_dir>/<version>/.")
+flags.DEFINE_integer("version", None, "Version folder number; default the next free one. Never overwrites.",
+                     lower_bound=0)
+flags.DEFINE_integer("top_k", 5, "Keywords (and scores) returned per image by the signatures.", lower_bound=1)
+flags.DEFINE_bool("with_custom_op", False, "Trace DeformableConv2D with the compiled E2eTf>DeformableConv2D op "
+                  "instead of stock TF ops. Only a model server built with the op library can load the export.")
+flags.mark_flags_as_required(["model", "export_dir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from e2e_tf.serving_export import export_model
+    from e2e_tf.trained_model import load_trained_model
+
+    model, info = load_trained_model(FLAGS.model)
+    path = export_model(
+        model,
+        info.vocabulary,
+        info.image_size,
+        info.resize_policy,
+        FLAGS.export_dir,
+        version=FLAGS.version,
+        top_k=FLAGS.top_k,
+        with_custom_op=FLAGS.with_custom_op,
+        metadata={"dataset": info.dataset, "backbone": info.backbone},
+    )
+    print(f"Exported {FLAGS.model} to {path}")
+
+
+if __name__ == "__main__":
+    app.run(main)
