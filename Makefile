@@ -19,6 +19,14 @@ $(VENV)/.installed: requirements.txt requirements-test.txt setup.py pyproject.to
 
 setup: $(VENV)/.installed
 
+# The main job on the embedded default dataset: train (test metrics printed against the
+# constant-predictor baseline), export for TF Serving, then annotate a few test images.
+demo: setup
+	$(PY) -m e2e_tf.train --flagfile=configs/default.cfg --model_dir=$(RUN_DIR)
+	$(PY) -m e2e_tf.export --model=$(RUN_DIR) --export_dir=$(RUN_DIR)/export
+	$(PY) -m e2e_tf.write_samples --dataset=visual_concepts --split=test --count=4 --output_dir=$(RUN_DIR)/samples
+	$(PY) -m e2e_tf.annotate --model=$(RUN_DIR)/export $(RUN_DIR)/samples
+
 test: setup
 	$(PY) -m pytest
 

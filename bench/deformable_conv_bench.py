@@ -53,12 +53,12 @@ def _step_fn(implementation: str, batch: int, size: int, channels: int):
         sources = [x, kernel]
     else:
         if implementation == "compiled":
-            from e2e_tf.custom_ops.ops.deformable_conv2d_ops import deformable_conv2d
+            from e2e_tf.custom_ops.ops.deformable_conv2d_ops import deformable_conv2d as op
         else:
-            from e2e_tf.ops.deformable_sampling import deformable_conv2d_pure_tf as deformable_conv2d
+            from e2e_tf.ops.deformable_sampling import deformable_conv2d_pure_tf as op
 
         def forward():
-            return deformable_conv2d(x, offsets, kernel, None, **attrs)
+            return op(x, offsets, kernel, None, **attrs)
         sources = [x, offsets, kernel]
 
     @tf.function

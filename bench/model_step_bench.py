@@ -8,9 +8,10 @@ terms, through `Model.train_on_batch` (what `fit` runs per batch). Variants:
   deformable  plain with the last --deformable_stages stages deformable
   e2e         deformable + SPP: the paper's E2E-DCNN
 
-Warm-up steps (tracing, first allocations) are excluded; the table gives the median of --steps
-timed steps and the ratio of images/s to the first variant. On a shared CPU the figures move
-with the machine's load, which is printed next to them.
+All variants are built first; warm-up steps (tracing, first allocations) are excluded; then
+the timed steps run round-robin over the variants, so a change of load on a shared machine
+affects each alike. The table gives the median of --steps timed steps and the ratio of images/s
+to the first variant; the load average during timing is printed with it.
 
   python bench/model_step_bench.py --batch_size=8 --image_size=224 --variants=plain,e2e
 """
@@ -57,8 +58,8 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps before timing.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps; the median is reported.")
 
 
-def time_variant(name: str, images: np.ndarray, labels: np.ndarray) -> tuple[int, list[float]]:
-    """Builds and compiles one variant; returns its parameter count and the timed step durations."""
+def build_variant(name: str, image_size: tuple[int, int]) -> keras.Model:
+    """Builds and compiles one variant for RMSProp + binary cross-entropy on logits."""
     variant = VARIANTS[name]
     model = build_model(
         _NUM_LABELS.value,
@@ -66,7 +67,7 @@ def time_variant(name: str, images: np.ndarray, labels: np.ndarray) -> tuple[int
         deformable_stages=_DEFORMABLE_STAGES.value if variant["deformable"] else 0,
         spp=variant["spp"],
         deformable_implementation=_IMPLEMENTATION.value,
-        image_size=images.shape[1:3],
+        image_size=image_size,
     )
     jit_compile = {"auto": "auto", "true": True, "false": False}[_JIT_COMPILE.value]
     model.compile(
@@ -74,14 +75,14 @@ def time_variant(name: str, images: np.ndarray, labels: np.ndarray) -> tuple[int
         loss=keras.losses.BinaryCrossentropy(from_logits=True),
         jit_compile=jit_compile,
     )
-    for _ in range(_WARMUP.value):
-        model.train_on_batch(images, labels)
-    durations = []
-    for _ in range(_STEPS.value):
-        start = time.perf_counter()
-        model.train_on_batch(images, labels)  # returns numpy losses, so the step has finished
-        durations.append(time.perf_counter() - start)
-    return model.count_params(), durations
+    return model
+
+
+def time_step(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> float:
+    """Seconds of one training step (forward, backward, update) on one batch."""
+    start = time.perf_counter()
+    model.train_on_batch(images, labels)  # returns numpy losses, so the step has finished
+    return time.perf_counter() - start
 
 
 def main(argv):
@@ -109,20 +110,29 @@ def main(argv):
     )
     print(f"devices={devices} cpus={os.cpu_count()} tf={tf.__version__} keras={keras.__version__}")
 
-    rows = []
-    for name in _VARIANTS.value:
-        load_before = os.getloadavg()[0]
-        params, durations = time_variant(name, images, labels)
-        median = statistics.median(durations)
-        rows.append((name, params, median, min(durations), _BATCH_SIZE.value / median, load_before))
-        keras.backend.clear_session()
+    models = {name: build_variant(name, images.shape[1:3]) for name in _VARIANTS.value}
+    for model in models.values():
+        for _ in range(_WARMUP.value):
+            model.train_on_batch(images, labels)
+    # Round-robin: a change of the machine's load during the run hits every variant alike.
+    durations = {name: [] for name in models}
+    loads = []
+    for _ in range(_STEPS.value):
+        loads.append(os.getloadavg()[0])
+        for name, model in models.items():
+            durations[name].append(time_step(model, images, labels))
+    print(f"1-minute load average during timing: {min(loads):.2f} to {max(loads):.2f}")
 
+    rows = []
+    for name, model in models.items():
+        median = statistics.median(durations[name])
+        rows.append((name, model.count_params(), median, min(durations[name]), _BATCH_SIZE.value / median))
     baseline = rows[0][4]
     print(f"\n{'variant':<11} {'params':>11} {'median ms':>10} {'min ms':>9} {'images/s':>9} "
-          f"{'vs ' + rows[0][0]:>10} {'load':>5}")
-    for name, params, median, fastest, rate, load in rows:
+          f"{'vs ' + rows[0][0]:>10}")
+    for name, params, median, fastest, rate in rows:
         print(f"{name:<11} {params:>11,} {median * 1e3:>10.1f} {fastest * 1e3:>9.1f} {rate:>9.2f} "
-              f"{rate / baseline:>9.2f}x {load:>5.2f}")
+              f"{rate / baseline:>9.2f}x")
 
 
 if __name__ == "__main__":

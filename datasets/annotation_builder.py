@@ -15,10 +15,16 @@ from e2e_tf.datasets import image_files
 class AnnotationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Images with multi-label annotations over a fixed vocabulary.
 
-    A subclass names its files (`FILE_NAMES`), ships its vocabulary as
-    `vocabulary.txt` beside its module (so `info` works before the data is
-    there) and gives the split sizes every published copy has. The manual
-    directory may be the dataset folder itself or hold it as `<name>/`.
+    A subclass sets `pkg_dir_path` to its folder, names its files
+    (`FILE_NAMES`), ships its vocabulary there as `vocabulary.txt` (so `info`
+    works before the data is there; the manual dir's vocabulary must equal it)
+    and gives the published split sizes (a different count is logged, not
+    refused, so that subsets build). The manual directory may be the dataset
+    folder itself or hold it as `<name>/`.
+
+    Features: `image` (the RGB image at its own size), `file_name` (the list
+    entry, e.g. `1000/1000`) and `labels` (indices into the vocabulary; an
+    image may have none).
     """
 
     FILE_NAMES: ClassVar[annotation_layouts.FileNames]
@@ -27,7 +33,7 @@ class AnnotationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
 
     @classmethod
     def vocabulary_path(cls) -> pathlib.Path:
-        return pathlib.Path(cls._get_pkg_dir_path()) / "vocabulary.txt"
+        return pathlib.Path(str(cls.pkg_dir_path)) / "vocabulary.txt"
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(

@@ -61,7 +61,7 @@ def test_vocabulary_of_another_label_set_is_refused(tmp_path, manual_dir):
         _prepare(tmp_path, manual_dir)
 
 
-def test_empty_manual_dir_fails_with_the_instructions(tmp_path):
+def test_manual_dir_without_annotations_lists_the_files_looked_for(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("")
     with pytest.raises(FileNotFoundError, match="corel5k_dictionary.txt"):

@@ -9,10 +9,11 @@ import pytest
 import scipy.io
 
 from e2e_tf.datasets import annotation_layouts as layouts
+from e2e_tf.datasets import testing
 
 COREL = layouts.FileNames(name="corel5k", short="corel")
 ESP = layouts.FileNames(name="espgame", short="esp")
-COREL_DIR = "corel5k/Lihit__SML/DataSet"
+COREL_DIR = testing.COREL5K_DIR
 COREL_CSV = "corel5k/ayushidutta__image-annot-quirks/datasets/corel"
 COREL_JSON = "corel5k/parham1998__Enhancing-High-Vocabulary-IA-with-a-Novel-Attention-Based-Pooling/datasets/Corel-5k"
 ESP_CSV = "espgame/ayushidutta__image-annot-quirks/datasets/espgame"

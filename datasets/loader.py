@@ -24,7 +24,9 @@ def in_validation(file_name: tf.Tensor) -> tf.Tensor:
     The choice is a FarmHash fingerprint of the file name
     (`tf.strings.to_hash_bucket_fast(file_name, 10) == 0`): fixed for a given
     image on every machine and run, independent of file order, and spread over
-    all folders of the dataset.
+    all folders of the dataset. `file_name` is the list entry (`<folder>/<id>`),
+    or the bare id when a split was read from JSON without a list, so the same
+    layout must be used for runs whose validation scores are compared.
     """
     return tf.equal(tf.strings.to_hash_bucket_fast(file_name, VALIDATION_BUCKETS), 0)
 
@@ -43,6 +45,7 @@ def load(
     *,
     data_dir: str | os.PathLike | None = None,
     manual_dir: str | os.PathLike | None = None,
+    decoders: dict | None = None,
 ) -> tuple[tf.data.Dataset, tfds.core.DatasetInfo]:
     """Prepares dataset `name` if needed and returns one split and the dataset info.
 
@@ -56,9 +59,12 @@ def load(
         manual_dir: Folder with the manually downloaded files; default the
             dataset's folder under `$E2E_TF_DATA_DIR` when present, else TFDS's
             `<data_dir>/downloads/manual`.
+        decoders: Passed to `as_dataset`, e.g. `{"image":
+            tfds.decode.SkipDecoding()}` to read labels without decoding images.
 
     Returns:
-        (dataset of {"image", "file_name", "labels"} dicts in file order, info).
+        (dataset of {"image", "file_name", "labels"} dicts, in TFDS's stored
+        order, which is fixed for a given build, info).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}. Received: split={split!r}")
@@ -67,7 +73,7 @@ def load(
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
     )
-    dataset = builder.as_dataset(split="test" if split == "test" else "train")
+    dataset = builder.as_dataset(split="test" if split == "test" else "train", decoders=decoders)
     if split == "validation":
         dataset = dataset.filter(lambda example: in_validation(example["file_name"]))
     elif split == "train_fit":

@@ -59,20 +59,7 @@ def test_corel5k_keeps_its_seven_unlabelled_training_images(corel5k_real):
     assert sum(e["labels"].size == 0 for e in examples) == 7
 
 
-def _stand_in_build(tmp_path_factory, name, short, folders, image_path, json_folder):
-    """Builds `name` from its real public files with tiny stand-in JPEGs."""
-    annotation_files = [p for folder in folders for p in folder.iterdir()]
-    lists = {s: (folders[0] / f"{short}_{s}_list.txt").read_text().split() for s in ("train", "test")}
-    manual_dir = testing.stand_in_manual_dir(
-        tmp_path_factory.mktemp(f"{name}_manual"),
-        annotation_files,
-        [image_path(entry) for entries in lists.values() for entry in entries],
-    )
-    builder = testing.prepare(name, tmp_path_factory.mktemp("tfds"), manual_dir)
-    train_json = json.loads((json_folder / "train.json").read_text())["samples"]
-    return builder, lists, np.loadtxt(folders[0] / f"{short}_test_annot.txt", delimiter=",", dtype=int), train_json
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, short, image_path, sizes",
     [
@@ -81,11 +68,19 @@ def _stand_in_build(tmp_path_factory, name, short, folders, image_path, json_fol
     ],
 )
 def test_builds_from_real_files_with_stand_in_images(shared_data, tmp_path_factory, name, short, image_path, sizes):
+    """All public annotation files side by side: train labels from JSON, test labels from CSV."""
     csv_folder = shared_data / name / f"ayushidutta__image-annot-quirks/datasets/{name}"
     json_folder = next((shared_data / name).glob("parham1998__*/datasets/*"))
-    builder, lists, test_matrix, train_json = _stand_in_build(
-        tmp_path_factory, name, short, [csv_folder, json_folder], image_path, json_folder
+    lists = {s: (csv_folder / f"{short}_{s}_list.txt").read_text().split() for s in ("train", "test")}
+    manual_dir = testing.stand_in_manual_dir(
+        tmp_path_factory.mktemp(f"{name}_manual"),
+        [*csv_folder.iterdir(), *json_folder.iterdir()],
+        [image_path(entry) for entries in lists.values() for entry in entries],
     )
+    builder = testing.prepare(name, tmp_path_factory.mktemp("tfds"), manual_dir)
+    test_matrix = np.loadtxt(csv_folder / f"{short}_test_annot.txt", delimiter=",", dtype=int)
+    train_json = json.loads((json_folder / "train.json").read_text())["samples"]
+
     train_size, test_size, num_labels, unlabelled = sizes
     info = builder.info
     assert (info.splits["train"].num_examples, info.splits["test"].num_examples) == (train_size, test_size)

@@ -11,8 +11,10 @@ import time
 import tensorflow_datasets as tfds
 from PIL import Image
 
-# Where the real files sit under `e2e_tf.data_location.shared_data_dir()`.
-COREL5K_DIR = "corel5k/Lihit__SML/DataSet"
+from e2e_tf.datasets import loader
+
+# Where the real Corel5k sits under `e2e_tf.data_location.shared_data_dir()`.
+COREL5K_DIR = loader.SHARED_MANUAL_DIRS["corel5k"]
 
 
 def prepare(name: str, data_dir: pathlib.Path, manual_dir: pathlib.Path) -> tfds.core.DatasetBuilder:

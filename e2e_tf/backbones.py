@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import keras
 
-from e2e_tf.layers.deformable_conv2d import DeformableConv2D
+from e2e_tf.layers import DeformableConv2D
 
 # Per-channel pixel statistics of `keras.applications.imagenet_utils.preprocess_input`, in
 # [0, 255] units and in the channel order the backbone consumes.
@@ -260,7 +260,11 @@ def deformable_surgery(
       A new functional model named "backbone"; `backbone` itself is unchanged.
     """
     stages = stage_convolutions(backbone, name)
-    if not isinstance(deformable_stages, int) or not 0 <= deformable_stages <= len(stages):
+    if (
+        isinstance(deformable_stages, bool)
+        or not isinstance(deformable_stages, int)
+        or not 0 <= deformable_stages <= len(stages)
+    ):
         raise ValueError(
             f"`deformable_stages` must be an int in [0, {len(stages)}] for backbone {name!r} "
             f"(stages {list(stages)}). Received: deformable_stages={deformable_stages!r}"

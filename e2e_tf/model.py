@@ -16,7 +16,7 @@ from typing import Sequence
 import keras
 
 from e2e_tf import backbones
-from e2e_tf.layers.spatial_pyramid_pooling import SpatialPyramidPooling
+from e2e_tf.layers import SpatialPyramidPooling
 
 SPP_BINS = (1, 2, 3, 6)
 

@@ -109,15 +109,27 @@ class ServingModule(tf.Module):
         self._resize_policy = validate_resize_policy(resize_policy)
         self._top_k = int(top_k)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-    def serve_image_bytes(self, image_bytes: tf.Tensor) -> dict:
-        """Annotates a batch of encoded images."""
+    def annotate_image_bytes(self, image_bytes: tf.Tensor) -> dict:
+        """Annotates a `tf.string` batch `[batch]` of encoded images."""
         return self._annotate(decode_images(image_bytes, self._image_size, self._resize_policy))
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="pixels")])
-    def serve_pixels(self, pixels: tf.Tensor) -> dict:
-        """Annotates a batch of RGB images given as float pixels in [0, 255]."""
+    def annotate_pixels(self, pixels: tf.Tensor) -> dict:
+        """Annotates float32 RGB pixels `[batch, height, width, 3]` in [0, 255]."""
         return self._annotate(resize_image(pixels, self._image_size, self._resize_policy))
+
+    def signatures(self) -> dict:
+        """Traces both signatures: {name: concrete function} for `tf.saved_model.save`.
+
+        They are traced here, once, rather than kept as `tf.function` attributes, which
+        `tf.saved_model.save` would trace again (the model included) to serialise them.
+        """
+        image_bytes = tf.TensorSpec([None], tf.string, name="image_bytes")
+        pixels = tf.TensorSpec([None, None, None, 3], tf.float32, name="pixels")
+        return {
+            IMAGE_BYTES_SIGNATURE: tf.function(self.annotate_image_bytes, autograph=False)
+            .get_concrete_function(image_bytes),
+            PIXELS_SIGNATURE: tf.function(self.annotate_pixels, autograph=False).get_concrete_function(pixels),
+        }
 
     def _annotate(self, pixels: tf.Tensor) -> dict:
         logits = self._model_fn(pixels)
@@ -195,12 +207,9 @@ def export_model(
             "deformable_implementation": CUSTOM_OP_IMPLEMENTATION if with_custom_op else "pure_tf",
             "signatures": [IMAGE_BYTES_SIGNATURE, PIXELS_SIGNATURE],
         }
-        # Saving may trace again (signature wrappers), so the whole save runs inside the scope.
+        # The whole save runs inside the scope, so that any trace it makes is covered too.
         with _implementation_scope(with_custom_op):
-            signatures = {
-                IMAGE_BYTES_SIGNATURE: module.serve_image_bytes.get_concrete_function(),
-                PIXELS_SIGNATURE: module.serve_pixels.get_concrete_function(),
-            }
+            signatures = module.signatures()
             return _save_atomically(module, signatures, export_info, export_base, version)
 
 

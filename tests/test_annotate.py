@@ -39,8 +39,13 @@ def model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def export_base(model_dir, tmp_path_factory):
-    model, info = load_trained_model(model_dir)
+def trained(model_dir):
+    return load_trained_model(model_dir)
+
+
+@pytest.fixture(scope="module")
+def export_base(trained, tmp_path_factory):
+    model, info = trained
     base = str(tmp_path_factory.mktemp("exports"))
     export_model(model, info.vocabulary, info.image_size, info.resize_policy, base, top_k=2)
     return base
@@ -61,8 +66,7 @@ def image_tree(tmp_path_factory):
     return root
 
 
-def expected_annotation(model_dir, path, top_k):
-    model, _ = load_trained_model(model_dir)
+def expected_annotation(model, path, top_k):
     image = tf.io.decode_image(open(path, "rb").read(), channels=3, expand_animations=False)
     pixels = resize_image(image, IMAGE_SIZE, RESIZE_POLICY)[None]
     probabilities = tf.sigmoid(model(pixels, training=False)).numpy()[0]
@@ -80,7 +84,7 @@ def test_find_images_walks_folders_sorted_and_keeps_named_paths(image_tree):
 
 
 @pytest.mark.parametrize("kind", ["trained_model", "export"])
-def test_annotations_match_the_keras_model_and_name_bad_files(kind, model_dir, export_base, image_tree):
+def test_annotations_match_the_keras_model_and_name_bad_files(kind, model_dir, trained, export_base, image_tree):
     annotator = Annotator.from_path(model_dir if kind == "trained_model" else export_base, top_k=3, batch_size=2)
     root = str(image_tree)
     # The corrupt file shares a batch with a good image: the good one is still annotated.
@@ -92,7 +96,7 @@ def test_annotations_match_the_keras_model_and_name_bad_files(kind, model_dir, e
     assert "cannot decode the image" in results[1]["error"] and "JPEG" in results[1]["error"]
     assert "No such file or directory" in results[2]["error"]
     for result in results[:1] + results[3:]:
-        keywords, scores = expected_annotation(model_dir, result["image"], top_k=3)
+        keywords, scores = expected_annotation(trained[0], result["image"], top_k=3)
         assert result["keywords"] == keywords
         np.testing.assert_allclose(result["scores"], scores, atol=1e-5)
 
@@ -107,6 +111,7 @@ _RUN_CLI = textwrap.dedent(
         code = e.code
     model_code = sorted(m for m in sys.modules if m.startswith(("e2e_tf.model", "e2e_tf.layers", "e2e_tf.ops")))
     print(f"exit={code} model_code={model_code}", file=sys.stderr)
+    sys.exit(code)
     """
 )
 
@@ -135,11 +140,11 @@ def test_cli_from_an_export_needs_no_model_code_and_fails_on_bad_images(export_b
     assert "no image files" in by_name["empty"]["error"]
 
 
-def test_cli_from_a_trained_model_succeeds_on_good_images(model_dir, image_tree, tmp_path):
+def test_cli_from_a_trained_model_succeeds_on_good_images(model_dir, trained, image_tree, tmp_path):
     path = os.path.join(str(image_tree), "photos", "a.png")
     result, lines = run_cli(tmp_path, f"--model={model_dir}", path)
     assert result.returncode == 0, result.stderr
-    keywords, scores = expected_annotation(model_dir, path, top_k=5)
+    keywords, scores = expected_annotation(trained[0], path, top_k=5)
     assert [line["image"] for line in lines] == [path]
     assert lines[0]["keywords"] == keywords
     np.testing.assert_allclose(lines[0]["scores"], scores, atol=1e-5)

@@ -4,6 +4,8 @@ value and gradient convention, and its shape checks."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -175,13 +177,13 @@ def test_compute_gradient_matches_central_differences():
 
 
 def _one_tap_offset_gradient(dy: float, dx: float):
-    """Gradient of the single output of a 1x1 deformable conv at (dy, dx) over a 3x3 image."""
+    """Value and offset gradient of a 1x1 deformable conv with one output pixel (3x3 image)."""
     image = tf.constant(np.arange(1.0, 10.0).reshape(1, 3, 3, 1) ** 2)
     offsets = tf.constant([[[[dy, dx]]]], tf.float64)
     with tf.GradientTape() as tape:
         tape.watch(offsets)
         y = custom.deformable_conv2d(image, offsets, tf.ones((1, 1, 1, 1), tf.float64), None,
-                                     strides=(1, 1), pads=(0, 2, 0, 2), dilations=(1, 1),
+                                     strides=(3, 3), pads=(0, 0, 0, 0), dilations=(1, 1),
                                      groups=1, offset_groups=1)[0, 0, 0, 0]
     return float(y), tape.gradient(y, offsets).numpy().reshape(2), image.numpy()[0, ..., 0]
 
@@ -235,7 +237,7 @@ def test_half_precision_computes_in_float32(dtype):
                               {k: None if v is None else tf.cast(v, tf.float32)
                                for k, v in low.items()}, attrs)
     _assert_close({k: tf.cast(v, tf.float32) for k, v in got.items()}, want,
-                  0.02 if dtype == tf.bfloat16 else 2e-3)
+                  0.03 if dtype == tf.bfloat16 else 5e-3)
 
 
 def test_unknown_dimensions_are_accepted_by_the_shape_function():
@@ -298,3 +300,25 @@ def test_public_op_dispatches_to_the_compiled_op():
     pure = deformable_conv2d(tensors["inputs"], tensors["offsets"], tensors["kernel"],
                              padding="same", implementation="pure_tf")
     np.testing.assert_allclose(run().numpy(), pure.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_library_that_fails_to_load_leaves_import_and_the_fallback_working(tmp_path):
+    broken = tmp_path / "_deformable_conv2d_ops.so"
+    broken.write_bytes(b"not an ELF file")
+    script = (
+        "import e2e_tf, tensorflow as tf\n"
+        "from e2e_tf.custom_ops.ops import deformable_conv2d_ops as m\n"
+        "from e2e_tf.ops import deformable_conv2d\n"
+        "assert not m.is_available()\n"
+        "print(m.load_error())\n"
+        "y = deformable_conv2d(tf.ones((1, 4, 4, 2)), tf.zeros((1, 4, 4, 18)),\n"
+        "                      tf.ones((3, 3, 2, 3)), padding='same')\n"
+        "print(float(y[0, 1, 1, 0]))\n")
+    env = dict(os.environ, E2E_TF_DEFORMABLE_OP_LIBRARY=str(broken))
+    env.pop("E2E_TF_PURE_TF_DEFORMABLE", None)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert str(broken) in lines[-2] and "failed to load" in lines[-2]
+    assert float(lines[-1]) == 18.0  # 3x3 taps x 2 channels of ones: a plain convolution

@@ -43,6 +43,13 @@ def write_trained_model(model_dir: str) -> str:
     return model_dir
 
 
+def tiny_model():
+    """A model much faster to trace than E2E-DCNN, for tests of the export's bookkeeping."""
+    return keras.Sequential(
+        [keras.Input((None, None, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(len(VOCABULARY))]
+    )
+
+
 def encoded_test_images():
     """Returns [(encoded bytes, RGB uint8 pixels a correct decoder gives)] in four formats."""
     rng = np.random.default_rng(1)
@@ -107,6 +114,11 @@ def export_dir(trained, tmp_path_factory):
     return serving_export.export_model(
         model, info.vocabulary, info.image_size, info.resize_policy, base, top_k=TOP_K
     )
+
+
+@pytest.fixture(scope="module")
+def loaded(export_dir):
+    return tf.saved_model.load(export_dir)
 
 
 @pytest.fixture(scope="module")
@@ -222,8 +234,7 @@ def decode_rest_request(body: str, input_name: str) -> tf.Tensor:
     return tf.constant(value(columns[input_name] if isinstance(columns, dict) else columns))
 
 
-def test_rest_request_bodies_run_through_the_signature(export_dir, images):
-    loaded = tf.saved_model.load(export_dir)
+def test_rest_request_bodies_run_through_the_signature(loaded, images):
     serve = loaded.signatures["serving_default"]
     encoded = [b for b, _ in images[:3]]
     expected = serve(image_bytes=tf.constant(encoded))
@@ -252,34 +263,32 @@ def test_rest_request_bodies_run_through_the_signature(export_dir, images):
     "bad, reason",
     [(b"this is not an image", "Unknown image file format"), (b"", "Input is empty"), (None, "JPEG")],
 )
-def test_corrupt_image_in_a_batch_is_an_invalid_argument_error(export_dir, images, bad, reason):
+def test_corrupt_image_in_a_batch_is_an_invalid_argument_error(loaded, images, bad, reason):
     if bad is None:  # A truncated JPEG: a valid header, broken data.
         jpeg = images[4][0]
         bad = jpeg[: len(jpeg) // 2]
-    serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+    serve = loaded.signatures["serving_default"]
     with pytest.raises(tf.errors.InvalidArgumentError, match=reason):
         serve(image_bytes=tf.constant([images[0][0], bad]))
     # The signature still serves good batches afterwards.
     assert serve(image_bytes=tf.constant([images[0][0]]))["keywords"].shape == (1, TOP_K)
 
 
-def test_versions_are_numbered_and_never_overwritten(trained, tmp_path):
-    model, info = trained
-    base = str(tmp_path / "base")
+def test_versions_are_numbered_and_never_overwritten(tmp_path):
+    model, base = tiny_model(), str(tmp_path / "base")
 
     def export(**kwargs):
-        return serving_export.export_model(model, info.vocabulary, info.image_size, info.resize_policy, base, **kwargs)
+        return serving_export.export_model(model, VOCABULARY, IMAGE_SIZE, RESIZE_POLICY, base, **kwargs)
 
     assert export() == os.path.join(base, "1")
     assert export(version=7) == os.path.join(base, "7")
     with pytest.raises(FileExistsError, match="version 7 already exists"):
         export(version=7)
     assert export() == os.path.join(base, "8")
-    assert sorted(os.listdir(base)) == ["1", "7", "8"]
+    assert sorted(os.listdir(base)) == ["1", "7", "8"]  # No temporary folder is left behind.
 
 
-def test_a_failed_export_leaves_no_version_and_no_temp_dir(trained, tmp_path, monkeypatch):
-    model, info = trained
+def test_a_failed_export_leaves_no_version_and_no_temp_dir(tmp_path, monkeypatch):
     base = str(tmp_path / "base")
 
     def failing_save(module, export_dir, **kwargs):
@@ -288,7 +297,7 @@ def test_a_failed_export_leaves_no_version_and_no_temp_dir(trained, tmp_path, mo
 
     monkeypatch.setattr(tf.saved_model, "save", failing_save)
     with pytest.raises(OSError, match="disk full"):
-        serving_export.export_model(model, info.vocabulary, info.image_size, info.resize_policy, base)
+        serving_export.export_model(tiny_model(), VOCABULARY, IMAGE_SIZE, RESIZE_POLICY, base)
     assert os.listdir(base) == []
 
 
@@ -303,19 +312,22 @@ def test_a_failed_export_leaves_no_version_and_no_temp_dir(trained, tmp_path, mo
         ({"version": -1}, "non-negative"),
     ],
 )
-def test_bad_export_arguments_are_named(trained, tmp_path, kwargs, message):
-    model, info = trained
-    arguments = {"vocabulary": info.vocabulary, **kwargs}
+def test_bad_export_arguments_are_named(tmp_path, kwargs, message):
+    arguments = {"vocabulary": VOCABULARY, "image_size": IMAGE_SIZE, "resize_policy": RESIZE_POLICY, **kwargs}
     with pytest.raises(ValueError, match=message):
-        serving_export.export_model(
-            model, image_size=info.image_size, resize_policy=info.resize_policy, export_base=str(tmp_path), **arguments
-        )
+        serving_export.export_model(tiny_model(), export_base=str(tmp_path), **arguments)
 
 
-def test_export_cli_from_a_keras_file(model_dir, images, tmp_path):
+def test_export_cli_from_a_keras_file(images, tmp_path):
+    model_dir = tmp_path / "trained"
+    model_dir.mkdir()
+    tiny_model().save(model_dir / "model.keras")
+    ModelInfo(VOCABULARY, IMAGE_SIZE, RESIZE_POLICY, dataset="unit_test", backbone="tiny").save(
+        model_dir / "model_info.json"
+    )
     base = str(tmp_path / "served")
     result = subprocess.run(
-        [sys.executable, "-m", "e2e_tf.export", f"--model={os.path.join(model_dir, 'model.keras')}",
+        [sys.executable, "-m", "e2e_tf.export", f"--model={model_dir / 'model.keras'}",
          f"--export_dir={base}", "--version=3", "--top_k=2"],
         check=True, capture_output=True, text=True,
     )
@@ -324,6 +336,8 @@ def test_export_cli_from_a_keras_file(model_dir, images, tmp_path):
         image_bytes=tf.constant([images[0][0]])
     )
     assert outputs["keywords"].shape == (1, 2) and outputs["probabilities"].shape == (1, len(VOCABULARY))
+    with open(os.path.join(base, "3", serving_export.EXPORT_INFO_PATH), encoding="utf-8") as f:
+        assert json.load(f)["backbone"] == "tiny"
 
 
 @pytest.mark.skipif(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from e2e_tf import backbones
-from e2e_tf.layers.deformable_conv2d import DeformableConv2D
+from e2e_tf.layers import DeformableConv2D
 from e2e_tf.model import build_model, probabilities
 
 NUM_LABELS = 5

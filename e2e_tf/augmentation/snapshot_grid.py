@@ -5,12 +5,13 @@
 
 `--images` are Corel5k ids (`<folder>/<id>`) under `<shared data>/corel5k/Lihit__SML/DataSet`
 (or any JPEG paths relative to `--image_root`); all their GANs train at once (one
-`MultiImageWGAN`). Prints the ML-WGAN time per image.
+`MultiImageWGAN`). Prints the ML-WGAN time per image and rewrites the PNG after every snapshot.
 """
 
 import os
 import pathlib
 import time
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -23,9 +24,17 @@ from e2e_tf.augmentation.mlwgan import MLWGANConfig, MultiImageWGAN
 
 
 def train_snapshots(
-    images: np.ndarray, config: MLWGANConfig, snapshot_iterations: list[int], seed: int = 0
+    images: np.ndarray,
+    config: MLWGANConfig,
+    snapshot_iterations: list[int],
+    seed: int = 0,
+    on_snapshot: Callable[[np.ndarray, int, float], None] | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Trains one GAN per image ([N, S, S, 3] in [0, 255]); returns snapshots [N, len(snapshots), S, S, 3] and seconds."""
+    """Trains one GAN per image ([N, S, S, 3] in [0, 255]) all at once.
+
+    Returns the snapshots [N, len(snapshot_iterations), S, S, 3] (uint8) and the training seconds;
+    `on_snapshot(snapshots so far, iteration, seconds)` is called after each snapshot.
+    """
     model = MultiImageWGAN(len(images), config)
     model.reset(np.stack([np.full(len(images), seed), np.arange(len(images))], axis=1))
     start, done, columns = time.perf_counter(), 0, []
@@ -33,6 +42,8 @@ def train_snapshots(
         model.train_iterations(images, iteration - done)
         done = iteration
         columns.append(to_uint8(model.sample(iteration)))
+        if on_snapshot is not None:
+            on_snapshot(np.stack(columns, axis=1), iteration, time.perf_counter() - start)
     return np.stack(columns, axis=1), time.perf_counter() - start
 
 
@@ -74,18 +85,22 @@ def main(argv):
     sources = np.stack(sources)
     iterations = sorted(int(s) for s in _SNAPSHOTS.value)
     config = MLWGANConfig(image_size=size, generator_filters=_FILTERS.value, critic_filters=_FILTERS.value)
-    snapshots, seconds = train_snapshots(sources, config, iterations, _SEED.value)
-    grid = snapshot_grid(to_uint8(sources), snapshots, ["source"] + [f"iter {i}" for i in iterations])
     output = pathlib.Path(_OUTPUT.value)
     output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f"{output.name}.tmp-{os.getpid()}.png")
-    grid.save(temporary)
-    os.replace(temporary, output)
-    print(
-        f"{len(sources)} images trained together for {iterations[-1]} generator iterations at {size}x{size}: "
-        f"{seconds:.1f} s, {seconds / len(sources):.1f} s per image "
-        f"({seconds / len(sources) / iterations[-1] * 1000:.1f} ms per image-iteration). Grid: {output}"
-    )
+
+    def save(snapshots: np.ndarray, iteration: int, seconds: float) -> None:
+        titles = ["source"] + [f"iter {i}" for i in iterations[: snapshots.shape[1]]]
+        temporary = output.with_name(f"{output.name}.tmp-{os.getpid()}.png")
+        snapshot_grid(to_uint8(sources), snapshots, titles).save(temporary)
+        os.replace(temporary, output)  # the grid so far, so a long run shows progress
+        print(
+            f"iteration {iteration}: {len(sources)} images of {size}x{size} trained together for {seconds:.1f} s = "
+            f"{seconds / len(sources):.1f} s per image ({seconds / len(sources) / iteration * 1000:.1f} ms per "
+            f"image-iteration). Grid: {output}",
+            flush=True,
+        )
+
+    train_snapshots(sources, config, iterations, _SEED.value, on_snapshot=save)
 
 
 if __name__ == "__main__":

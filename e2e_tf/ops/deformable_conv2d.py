@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import numbers
 import os
 from typing import Iterator
 
@@ -110,12 +111,15 @@ def _load_custom_op():
 
 def normalize_pair(value, name: str) -> tuple[int, int]:
     """An int or a pair of ints -> a pair of positive ints (`Received: ...` on error)."""
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                                 for v in pair):
+    if isinstance(value, numbers.Integral):
+        pair = (value, value)
+    else:
+        pair = tuple(value) if isinstance(value, (tuple, list)) else ()
+    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                 and v > 0 for v in pair):
         raise ValueError(f"`{name}` must be a positive int or a pair of positive ints. "
                          f"Received: {name}={value!r}")
-    return pair
+    return int(pair[0]), int(pair[1])
 
 
 def normalize_padding(padding: str) -> str:

@@ -52,3 +52,15 @@ def worker_role(strategy: tf.distribute.Strategy) -> WorkerRole:
     else:
         is_chief = task_type == "worker" and task_id == 0
     return WorkerRole(task_type, task_id, is_chief)
+
+
+def sync_workers(strategy: tf.distribute.Strategy) -> None:
+    """Blocks until every worker reaches this point (a one-number all-reduce).
+
+    Multi-worker jobs end with it: a worker that exits while the chief still
+    evaluates stops heartbeating, and TensorFlow's coordination service then
+    fails the whole job.
+    """
+    strategy.reduce(
+        tf.distribute.ReduceOp.SUM, strategy.run(tf.function(lambda: tf.constant(1.0))), axis=None
+    )

@@ -23,7 +23,7 @@ from e2e_tf.model import build_model
 from e2e_tf.trained_model import MODEL_FILE, MODEL_INFO_FILE, ModelInfo, load_trained_model
 from e2e_tf.training.atomic_io import atomic_write_json, atomic_write_text
 from e2e_tf.training.config import TrainConfig
-from e2e_tf.training.distribute import make_strategy, worker_role
+from e2e_tf.training.distribute import make_strategy, sync_workers, worker_role
 from e2e_tf.training.evaluation import ValidationScorer, constant_predictor_scores, make_predict_function, predict_scores
 from e2e_tf.training.loop import AnnotationTrainer
 from e2e_tf.training.schedules import learning_rate_schedule
@@ -129,11 +129,12 @@ def train_and_evaluate(config: TrainConfig, flags_text: Optional[str] = None) ->
         validate=validate,
         verbose=config.verbose if role.is_chief else 0,
     )
-    if not role.is_chief:
-        return None
-    result = evaluate_on_test(config, model_dir, label_counts, best_epoch=int(state.best_epoch.numpy()))
-    if config.verbose:
-        print(format_test_metrics(result), flush=True)
+    result = None
+    if role.is_chief:
+        result = evaluate_on_test(config, model_dir, label_counts, best_epoch=int(state.best_epoch.numpy()))
+        if config.verbose:
+            print(format_test_metrics(result), flush=True)
+    sync_workers(strategy)
     return result
 
 

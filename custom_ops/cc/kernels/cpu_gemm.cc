@@ -1,6 +1,6 @@
 // Packed CPU GEMM (see cpu_gemm.h): the classic three-level blocking (panels of B
 // and blocks of A packed into micro-panels, an MR x NR register-tile micro-kernel),
-// parallel over tiles of C.
+// parallel over blocks of rows of C.
 
 #include "cpu_gemm.h"
 
@@ -18,8 +18,8 @@ namespace {
 
 constexpr int64_t kBlockK = 256;   // depth of one packed panel (B micro-panel ~16 KB: L1)
 constexpr int64_t kMaxBlockM = 96;  // rows of A packed at once (~96 KB: L2)
-constexpr int64_t kBlockN = 256;    // columns of B packed at once
-constexpr int64_t kTargetTiles = 16;  // enough tiles of C to balance the threads
+constexpr int64_t kBlockN = 1024;   // columns of B packed at once (~1 MB panel: L3)
+constexpr int64_t kTargetTiles = 16;  // enough blocks of rows to balance the threads
 
 template <typename T>
 using MicroKernel = void (*)(int64_t kc, const T* a, const T* b, T* c, int64_t ldc,
@@ -162,38 +162,46 @@ void PackedGemm(const ParallelFor& parallel_for, MicroKernel<T> kernel, int64_t 
     }
     return;
   }
-  const int64_t n_blocks = (n + kBlockN - 1) / kBlockN;
-  const int64_t want_m_blocks = std::max<int64_t>(1, (kTargetTiles + n_blocks - 1) / n_blocks);
-  int64_t block_m = (m + want_m_blocks - 1) / want_m_blocks;
+  int64_t block_m = (m + kTargetTiles - 1) / kTargetTiles;
   block_m = std::min(kMaxBlockM, std::max<int64_t>(4 * MR, (block_m + MR - 1) / MR * MR));
   const int64_t m_blocks = (m + block_m - 1) / block_m;
-  const int64_t cost = 2 * block_m * std::min(n, kBlockN) * k / 16;  // ~16 flops a cycle
-  parallel_for(m_blocks * n_blocks, cost, [&](int64_t begin, int64_t end) {
-    thread_local std::vector<T> packed_a;
-    thread_local std::vector<T> packed_b;
-    packed_a.resize(static_cast<size_t>(kMaxBlockM * kBlockK));
-    packed_b.resize(static_cast<size_t>(kBlockN * kBlockK));
-    for (int64_t tile = begin; tile < end; ++tile) {
-      const int64_t i0 = (tile / n_blocks) * block_m;
-      const int64_t j0 = (tile % n_blocks) * kBlockN;
-      const int64_t mc = std::min(block_m, m - i0);
-      const int64_t nc = std::min(kBlockN, n - j0);
-      for (int64_t p0 = 0; p0 < k; p0 += kBlockK) {
-        const int64_t kc = std::min(kBlockK, k - p0);
-        const bool add = accumulate || p0 > 0;
-        PackB<T, NR>(b, p0, kc, j0, nc, packed_b.data());
-        PackA<T, MR>(a, i0, mc, p0, kc, packed_a.data());
-        for (int64_t jr = 0; jr < nc; jr += NR) {
-          const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
-          for (int64_t ir = 0; ir < mc; ir += MR) {
-            const int mr = static_cast<int>(std::min<int64_t>(MR, mc - ir));
-            kernel(kc, packed_a.data() + ir * kc, packed_b.data() + jr * kc,
-                   c + (i0 + ir) * ldc + j0 + jr, ldc, add, mr, nr);
+  // One packed panel of B is shared by all threads (packing it per tile would copy B
+  // once per block of rows); each thread packs its own blocks of A.
+  std::vector<T> packed_b(static_cast<size_t>(((std::min(n, kBlockN) + NR - 1) / NR) * NR *
+                                              std::min(k, kBlockK)));
+  for (int64_t j0 = 0; j0 < n; j0 += kBlockN) {
+    const int64_t nc = std::min(kBlockN, n - j0);
+    const int64_t slivers = (nc + NR - 1) / NR;
+    for (int64_t p0 = 0; p0 < k; p0 += kBlockK) {
+      const int64_t kc = std::min(kBlockK, k - p0);
+      const bool add = accumulate || p0 > 0;
+      parallel_for(slivers, kc * NR * 2, [&](int64_t begin, int64_t end) {
+        for (int64_t s = begin; s < end; ++s) {
+          const int64_t jr = s * NR;
+          PackB<T, NR>(b, p0, kc, j0 + jr, std::min<int64_t>(NR, nc - jr),
+                       packed_b.data() + jr * kc);
+        }
+      });
+      const int64_t cost = 2 * block_m * nc * kc / 16;  // ~16 flops a cycle
+      parallel_for(m_blocks, cost, [&](int64_t begin, int64_t end) {
+        thread_local std::vector<T> packed_a;
+        packed_a.resize(static_cast<size_t>(kMaxBlockM * kBlockK));
+        for (int64_t block = begin; block < end; ++block) {
+          const int64_t i0 = block * block_m;
+          const int64_t mc = std::min(block_m, m - i0);
+          PackA<T, MR>(a, i0, mc, p0, kc, packed_a.data());
+          for (int64_t jr = 0; jr < nc; jr += NR) {
+            const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
+            for (int64_t ir = 0; ir < mc; ir += MR) {
+              const int mr = static_cast<int>(std::min<int64_t>(MR, mc - ir));
+              kernel(kc, packed_a.data() + ir * kc, packed_b.data() + jr * kc,
+                     c + (i0 + ir) * ldc + j0 + jr, ldc, add, mr, nr);
+            }
           }
         }
-      }
+      });
     }
-  });
+  }
 }
 
 }  // namespace

@@ -29,8 +29,8 @@ struct MatrixView {
 };
 
 // C = A * B (or C += A * B when `accumulate`), A: (m, k), B: (k, n), C row-major
-// with leading dimension ldc. Each thread owns whole tiles of C, so the result
-// does not depend on the number of threads.
+// with leading dimension ldc. Every element of C is summed in the same order
+// whatever the number of threads.
 template <typename T>
 void Gemm(const ParallelFor& parallel_for, int64_t m, int64_t n, int64_t k,
           MatrixView<T> a, MatrixView<T> b, T* c, int64_t ldc, bool accumulate);

@@ -182,8 +182,9 @@ struct PlanEntry {
 };
 
 template <typename T>
-bool SampleAt(const DeformableConv2DGeometry& g, const T* offsets, int64_t row, int64_t tap,
-              int64_t og, BilinearSample<T>* s) {
+inline __attribute__((always_inline)) bool SampleAt(const DeformableConv2DGeometry& g,
+                                                     const T* offsets, int64_t row, int64_t tap,
+                                                     int64_t og, BilinearSample<T>* s) {
   const int64_t n = row / g.out_pixels();
   const int64_t pixel = row - n * g.out_pixels();
   const int64_t oy = pixel / g.out_width;
@@ -204,22 +205,45 @@ T MaskAt(const DeformableConv2DGeometry& g, const T* mask, int64_t row, int64_t 
 // dst[c] = sum_k w_k * corner_k[c] for c in [0, len): the deformed im2col entry.
 template <typename T>
 void Interpolate(const T* input, const int64_t index[4], const T weight[4], int64_t c0,
-                 int64_t len, T* dst) {
-  if (index[0] >= 0 && index[1] >= 0 && index[2] >= 0 && index[3] >= 0) {
-    const T* p0 = input + index[0] + c0;
-    const T* p1 = input + index[1] + c0;
-    const T* p2 = input + index[2] + c0;
-    const T* p3 = input + index[3] + c0;
-    for (int64_t c = 0; c < len; ++c) {
-      dst[c] = weight[0] * p0[c] + weight[1] * p1[c] + weight[2] * p2[c] + weight[3] * p3[c];
-    }
+                 int64_t len, T* __restrict__ dst) {
+  const T zero = T(0);
+  const T* __restrict__ p0 = index[0] >= 0 ? input + index[0] + c0 : nullptr;
+  const T* __restrict__ p1 = index[1] >= 0 ? input + index[1] + c0 : nullptr;
+  const T* __restrict__ p2 = index[2] >= 0 ? input + index[2] + c0 : nullptr;
+  const T* __restrict__ p3 = index[3] >= 0 ? input + index[3] + c0 : nullptr;
+  if (p0 && p1 && p2 && p3) {
+    const T w0 = weight[0], w1 = weight[1], w2 = weight[2], w3 = weight[3];
+    for (int64_t c = 0; c < len; ++c) dst[c] = w0 * p0[c] + w1 * p1[c] + w2 * p2[c] + w3 * p3[c];
     return;
   }
-  std::fill(dst, dst + len, T(0));
+  std::fill(dst, dst + len, zero);
+  const T* corners[4] = {p0, p1, p2, p3};
+  for (int k = 0; k < 4; ++k) {
+    const T* __restrict__ p = corners[k];
+    if (p == nullptr) continue;
+    const T w = weight[k];
+    for (int64_t c = 0; c < len; ++c) dst[c] += w * p[c];
+  }
+}
+
+// dots[k] += sum_c gc[c] * corner_k[c], in 8 fixed lanes: vectorised, yet summed in
+// the same order on every run.
+template <typename T>
+void CornerDots(const T* __restrict__ gc, const T* input, const int64_t index[4], int64_t c0,
+                int64_t len, T dots[4]) {
+  constexpr int kLanes = 8;
   for (int k = 0; k < 4; ++k) {
     if (index[k] < 0) continue;
-    const T* p = input + index[k] + c0;
-    for (int64_t c = 0; c < len; ++c) dst[c] += weight[k] * p[c];
+    const T* __restrict__ v = input + index[k] + c0;
+    T lanes[kLanes] = {};
+    int64_t c = 0;
+    for (; c + kLanes <= len; c += kLanes) {
+      for (int l = 0; l < kLanes; ++l) lanes[l] += gc[c + l] * v[c + l];
+    }
+    T dot = T(0);
+    for (; c < len; ++c) dot += gc[c] * v[c];
+    for (int l = 0; l < kLanes; ++l) dot += lanes[l];
+    dots[k] += dot;
   }
 }
 
@@ -281,14 +305,10 @@ void CpuCoordinateGrad(const ParallelFor& parallel_for, const DeformableConv2DGe
             for (int k = 0; k < 4; ++k) {
               entry.index[k] = s.index[k];
               entry.weight[k] = s.weight[k] * m;
-              if (s.index[k] < 0) continue;
-              T dot = T(0);
-              for (const ChannelRun& run : runs[og]) {
-                const T* gc = gc_row + g.column(tap, run.begin);
-                const T* v = input + s.index[k] + run.begin;
-                for (int64_t c = 0; c < run.end - run.begin; ++c) dot += gc[c] * v[c];
-              }
-              dots[k] = dot;
+            }
+            for (const ChannelRun& run : runs[og]) {
+              CornerDots(gc_row + g.column(tap, run.begin), input, s.index, run.begin,
+                         run.end - run.begin, dots);
             }
             CoordinateGradients(s, dots, m, &grad_dy, &grad_dx, &grad_m);
           } else {
@@ -297,36 +317,103 @@ void CpuCoordinateGrad(const ParallelFor& parallel_for, const DeformableConv2DGe
           T* go = grad_offsets + row * 2 * g.offset_groups * g.taps() + og * 2 * g.taps();
           go[2 * tap] = grad_dy;
           go[2 * tap + 1] = grad_dx;
-          if (grad_mask != nullptr) grad_mask[(row * g.offset_groups + og) * g.taps() + tap] = grad_m;
+          if (grad_mask != nullptr) {
+            grad_mask[(row * g.offset_groups + og) * g.taps() + tap] = grad_m;
+          }
         }
       }
     }
   });
 }
 
-// Scatters the column gradient into the input gradient. Threads own disjoint
-// channel blocks, so there are no races and the summation order is fixed.
+// Scatters the column gradient of rows [row0, row0 + rows) into the input gradient.
+// A sample only touches its own image, so threads own disjoint (image, channel
+// block) units: no races, and every element is summed in row order.
 template <typename T>
-void CpuCol2Im(const ParallelFor& parallel_for, const DeformableConv2DGeometry& g,
-               const T* grad_col, const PlanEntry<T>* plan, int64_t rows, T* grad_input) {
-  const int64_t blocks = std::clamp<int64_t>(g.channels / 16, 1, 32);
-  parallel_for(blocks, rows * g.taps() * (g.channels / blocks) * 8, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
+void CpuCol2Im(const ParallelFor& parallel_for, int threads, const DeformableConv2DGeometry& g,
+               const T* grad_col, const PlanEntry<T>* plan, int64_t row0, int64_t rows,
+               T* grad_input) {
+  const int64_t first_image = row0 / g.out_pixels();
+  const int64_t images = (row0 + rows - 1) / g.out_pixels() - first_image + 1;
+  // Channel blocks only when there are fewer images than threads: each re-reads the plan.
+  const int64_t blocks = std::clamp<int64_t>((threads + images - 1) / images, 1,
+                                             std::max<int64_t>(g.channels / 8, 1));
+  const int64_t cost = std::min(rows, g.out_pixels()) * g.taps() * (g.channels / blocks) * 8;
+  parallel_for(images * blocks, cost, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t n = first_image + u / blocks;
+      const int64_t b = u % blocks;
       const std::vector<ChannelRun> runs =
           ChannelRuns(g, g.channels * b / blocks, g.channels * (b + 1) / blocks);
-      for (int64_t r = 0; r < rows; ++r) {
+      const int64_t r_begin = std::max(row0, n * g.out_pixels()) - row0;
+      const int64_t r_end = std::min(row0 + rows, (n + 1) * g.out_pixels()) - row0;
+      for (int64_t r = r_begin; r < r_end; ++r) {
         const T* gc_row = grad_col + r * g.col_width();
         for (int64_t tap = 0; tap < g.taps(); ++tap) {
           const PlanEntry<T>* entries = plan + (r * g.taps() + tap) * g.offset_groups;
           for (const ChannelRun& run : runs) {
             const PlanEntry<T>& e = entries[run.offset_group];
-            const T* gc = gc_row + g.column(tap, run.begin);
+            const T* __restrict__ gc = gc_row + g.column(tap, run.begin);
             const int64_t len = run.end - run.begin;
             for (int k = 0; k < 4; ++k) {
               if (e.index[k] < 0) continue;
-              T* dst = grad_input + e.index[k] + run.begin;
+              T* __restrict__ dst = grad_input + e.index[k] + run.begin;
               const T w = e.weight[k];
               for (int64_t c = 0; c < len; ++c) dst[c] += w * gc[c];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// Both backward sampling passes in one, for chunks holding at least one image per
+// thread: threads own whole images, so each reads the column gradient once and
+// needs no plan. Sums in the same order as CpuCoordinateGrad + CpuCol2Im.
+template <typename T>
+void CpuFusedSamplingGrad(const ParallelFor& parallel_for, const DeformableConv2DGeometry& g,
+                          const T* input, const T* offsets, const T* mask, const T* grad_col,
+                          int64_t row0, int64_t rows, T* grad_input, T* grad_offsets,
+                          T* grad_mask) {
+  std::vector<std::vector<ChannelRun>> runs(g.offset_groups);
+  const int64_t cog = g.channels_per_offset_group();
+  for (int og = 0; og < g.offset_groups; ++og) runs[og] = ChannelRuns(g, og * cog, (og + 1) * cog);
+  const int64_t first_image = row0 / g.out_pixels();
+  const int64_t images = (row0 + rows - 1) / g.out_pixels() - first_image + 1;
+  const int64_t cost = std::min(rows, g.out_pixels()) * g.col_width() * 16;
+  parallel_for(images, cost, [&](int64_t u0, int64_t u1) {
+    for (int64_t n = first_image + u0; n < first_image + u1; ++n) {
+      const int64_t r_begin = std::max(row0, n * g.out_pixels()) - row0;
+      const int64_t r_end = std::min(row0 + rows, (n + 1) * g.out_pixels()) - row0;
+      for (int64_t r = r_begin; r < r_end; ++r) {
+        const int64_t row = row0 + r;
+        const T* gc_row = grad_col + r * g.col_width();
+        for (int64_t tap = 0; tap < g.taps(); ++tap) {
+          for (int og = 0; og < g.offset_groups; ++og) {
+            BilinearSample<T> s;
+            T grad_dy = T(0), grad_dx = T(0), grad_m = T(0);
+            if (SampleAt(g, offsets, row, tap, og, &s)) {
+              const T m = MaskAt(g, mask, row, tap, og);
+              T dots[4] = {T(0), T(0), T(0), T(0)};
+              for (const ChannelRun& run : runs[og]) {
+                const T* __restrict__ gc = gc_row + g.column(tap, run.begin);
+                const int64_t len = run.end - run.begin;
+                CornerDots(gc, input, s.index, run.begin, len, dots);
+                for (int k = 0; k < 4; ++k) {
+                  if (s.index[k] < 0) continue;
+                  T* __restrict__ dst = grad_input + s.index[k] + run.begin;
+                  const T w = s.weight[k] * m;
+                  for (int64_t c = 0; c < len; ++c) dst[c] += w * gc[c];
+                }
+              }
+              CoordinateGradients(s, dots, m, &grad_dy, &grad_dx, &grad_m);
+            }
+            T* go = grad_offsets + row * 2 * g.offset_groups * g.taps() + og * 2 * g.taps();
+            go[2 * tap] = grad_dy;
+            go[2 * tap + 1] = grad_dx;
+            if (grad_mask != nullptr) {
+              grad_mask[(row * g.offset_groups + og) * g.taps() + tap] = grad_m;
             }
           }
         }
@@ -353,7 +440,8 @@ void CpuForward(const ParallelFor& pf, const DeformableConv2DGeometry& g, const 
 }
 
 template <typename T>
-void CpuBackward(const ParallelFor& pf, const DeformableConv2DGeometry& g, const T* input,
+void CpuBackward(const ParallelFor& pf, int threads, const DeformableConv2DGeometry& g,
+                 const T* input,
                  const T* offsets, const T* kernel, const T* mask, const T* grad_output,
                  T* grad_input, T* grad_offsets, T* grad_mask, T* grad_kernel, T* col,
                  T* kernel_t, PlanEntry<T>* plan, int64_t chunk_rows) {
@@ -380,9 +468,15 @@ void CpuBackward(const ParallelFor& pf, const DeformableConv2DGeometry& g, const
       Gemm<T>(pf, rows, kg, fg, {go + grp * fg, g.filters, 1}, {kernel_t + grp * fg * kg, kg, 1},
               col + grp * kg, g.col_width(), /*accumulate=*/false);
     }
-    CpuCoordinateGrad(pf, g, input, offsets, mask, col, row0, rows, grad_offsets, grad_mask,
-                      plan);
-    CpuCol2Im(pf, g, col, plan, rows, grad_input);
+    const int64_t images = (row0 + rows - 1) / g.out_pixels() - row0 / g.out_pixels() + 1;
+    if (images >= threads) {
+      CpuFusedSamplingGrad(pf, g, input, offsets, mask, col, row0, rows, grad_input,
+                           grad_offsets, grad_mask);
+    } else {
+      CpuCoordinateGrad(pf, g, input, offsets, mask, col, row0, rows, grad_offsets, grad_mask,
+                        plan);
+      CpuCol2Im(pf, threads, g, col, plan, row0, rows, grad_input);
+    }
   }
 }
 
@@ -419,7 +513,8 @@ struct Launcher<CpuTag, T> {
         DataTypeToEnum<T>::value, TensorShape({g.group_col_width() * g.filters}), &kernel_t));
     TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_INT8, TensorShape({chunk * plan_row}),
                                           &plan));
-    CpuBackward(CpuParallelFor(ctx), g, input, offsets, kernel, mask, grad_output, grad_input,
+    CpuBackward(CpuParallelFor(ctx), ctx->device()->tensorflow_cpu_worker_threads()->num_threads,
+                g, input, offsets, kernel, mask, grad_output, grad_input,
                 grad_offsets, grad_mask, grad_kernel, col.flat<T>().data(),
                 kernel_t.flat<T>().data(),
                 reinterpret_cast<PlanEntry<T>*>(plan.flat<int8_t>().data()), chunk);
@@ -479,10 +574,11 @@ struct Launcher<GpuTag, T> {
 
   template <typename Half>
   static void ToFloat(OpKernelContext* ctx, const Tensor& in, Tensor* out) {
-    OP_REQUIRES_OK(ctx, CudaStatus(gpu::CastHalfToFloat(
-                            GpuStream(ctx), reinterpret_cast<const uint16_t*>(in.flat<Half>().data()),
-                            out->flat<float>().data(), in.NumElements(),
-                            std::is_same_v<Half, Eigen::bfloat16>)));
+    const auto* bits = reinterpret_cast<const uint16_t*>(in.flat<Half>().data());
+    OP_REQUIRES_OK(ctx, CudaStatus(gpu::CastHalfToFloat(GpuStream(ctx), bits,
+                                                        out->flat<float>().data(),
+                                                        in.NumElements(),
+                                                        std::is_same_v<Half, Eigen::bfloat16>)));
   }
   template <typename Half>
   static void FromFloat(OpKernelContext* ctx, const Tensor& in, Tensor* out) {

@@ -28,7 +28,7 @@ _loaded = False
 
 
 def library_path() -> str:
-    """Where the shared library is looked for: $E2E_TF_DEFORMABLE_OP_LIBRARY or next to this file."""
+    """The library's path: $E2E_TF_DEFORMABLE_OP_LIBRARY, else next to this file."""
     return os.environ.get(LIBRARY_ENV) or os.path.join(os.path.dirname(__file__), LIBRARY_NAME)
 
 
