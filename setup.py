@@ -49,6 +49,8 @@ class BuildCustomOps(build_ext):
         try:
             self._build_op_library(output)
         except Exception as error:  # noqa: BLE001 - any failure leaves the pure-TF path
+            if os.path.exists(output):
+                os.remove(output)  # never ship a library built from other sources
             print(f"WARNING: e2e_tf: the DeformableConv2D op was not compiled ({error}); "
                   "e2e_tf will use its pure-TensorFlow implementation.", file=sys.stderr)
 

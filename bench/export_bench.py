@@ -102,7 +102,7 @@ def main(argv):
         def in_pure_tf(fn):
             def run(x):
                 with ops.implementation_scope("pure_tf"):
-                    return keras_pure(x)
+                    return fn(x)
             return run
 
         def keras_pixels(predict):
@@ -139,12 +139,13 @@ def main(argv):
     print(f"keras = Keras model in a tf.function, DeformableConv2D '{auto}'; keras pure_tf = the same traced "
           "with the pure-TF implementation; export = tf.saved_model.load'ed signature (pure_tf)")
     header = ["batch", "input", f"keras({auto}) img/s", "keras(pure_tf) img/s", "export img/s", "export/keras(pure_tf)"]
-    print("  ".join(f"{h:>21}" for h in header))
+    widths = [5, 6] + [len(h) for h in header[2:]]
+    print("  ".join(f"{h:>{w}}" for h, w in zip(header, widths)))
     for b in batch_sizes:
         for kind in ("pixels", "bytes"):
             rates = [statistics.median(figures[((p, kind), b)]) for p in ("keras", "keras_pure_tf", "export")]
             row = [str(b), kind] + [f"{r:.1f}" for r in rates] + [f"{rates[2] / rates[1]:.2f}x"]
-            print("  ".join(f"{c:>21}" for c in row))
+            print("  ".join(f"{c:>{w}}" for c, w in zip(row, widths)))
     sys.stdout.flush()
 
 

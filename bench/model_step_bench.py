@@ -10,8 +10,9 @@ terms, through `Model.train_on_batch` (what `fit` runs per batch). Variants:
 
 All variants are built first; warm-up steps (tracing, first allocations) are excluded; then
 the timed steps run round-robin over the variants, so a change of load on a shared machine
-affects each alike. The table gives the median of --steps timed steps and the ratio of images/s
-to the first variant; the load average during timing is printed with it.
+affects each alike. The table gives, over --steps timed steps, the median wall time, images/s and
+its ratio to the first variant, and the same from process CPU time (steadier when the machine
+is shared); the load average during timing is printed with it.
 
   python bench/model_step_bench.py --batch_size=8 --image_size=224 --variants=plain,e2e
 """
@@ -78,11 +79,11 @@ def build_variant(name: str, image_size: tuple[int, int]) -> keras.Model:
     return model
 
 
-def time_step(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> float:
-    """Seconds of one training step (forward, backward, update) on one batch."""
-    start = time.perf_counter()
+def time_step(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Wall and process-CPU seconds of one training step (forward, backward, update)."""
+    wall, cpu = time.perf_counter(), time.process_time()
     model.train_on_batch(images, labels)  # returns numpy losses, so the step has finished
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main(argv):
@@ -115,25 +116,27 @@ def main(argv):
         for _ in range(_WARMUP.value):
             model.train_on_batch(images, labels)
     # Round-robin: a change of the machine's load during the run hits every variant alike.
-    durations = {name: [] for name in models}
+    walls = {name: [] for name in models}
+    cpus = {name: [] for name in models}
     loads = []
     for _ in range(_STEPS.value):
         loads.append(os.getloadavg()[0])
         for name, model in models.items():
-            durations[name].append(time_step(model, images, labels))
+            wall, cpu = time_step(model, images, labels)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
     print(f"1-minute load average during timing: {min(loads):.2f} to {max(loads):.2f}")
-
-    rows = []
+    # CPU seconds count the work done whatever the machine's load: on a shared CPU the ratio of
+    # images per CPU-second is steadier than the wall-clock ratio.
+    baseline = next(iter(models))
+    print(f"\n{'variant':<11} {'params':>11} {'wall ms':>9} {'images/s':>9} {'vs ' + baseline:>9} "
+          f"{'cpu s':>7} {'img/cpu-s':>9} {'vs ' + baseline:>9}")
     for name, model in models.items():
-        median = statistics.median(durations[name])
-        rows.append((name, model.count_params(), median, min(durations[name]), _BATCH_SIZE.value / median))
-    baseline = rows[0][4]
-    print(f"\n{'variant':<11} {'params':>11} {'median ms':>10} {'min ms':>9} {'images/s':>9} "
-          f"{'vs ' + rows[0][0]:>10}")
-    for name, params, median, fastest, rate in rows:
-        print(f"{name:<11} {params:>11,} {median * 1e3:>10.1f} {fastest * 1e3:>9.1f} {rate:>9.2f} "
-              f"{rate / baseline:>9.2f}x")
-
+        wall, cpu = statistics.median(walls[name]), statistics.median(cpus[name])
+        wall_ratio = statistics.median(walls[baseline]) / wall
+        cpu_ratio = statistics.median(cpus[baseline]) / cpu
+        print(f"{name:<11} {model.count_params():>11,} {wall * 1e3:>9.1f} {_BATCH_SIZE.value / wall:>9.2f} "
+              f"{wall_ratio:>8.2f}x {cpu:>7.3f} {_BATCH_SIZE.value / cpu:>9.2f} {cpu_ratio:>8.2f}x")
 
 if __name__ == "__main__":
     app.run(main)

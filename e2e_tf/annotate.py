@@ -26,7 +26,10 @@ def main(argv):
         raise app.UsageError("Give the images or folders (walked for .jpg/.jpeg/.png/.bmp/.gif) to annotate.")
     from e2e_tf.annotator import Annotator, find_images
 
-    annotator = Annotator.from_path(FLAGS.model, top_k=FLAGS.top_k, batch_size=FLAGS.batch_size)
+    try:
+        annotator = Annotator.from_path(FLAGS.model, top_k=FLAGS.top_k, batch_size=FLAGS.batch_size)
+    except FileNotFoundError as e:
+        raise app.UsageError(str(e)) from e
     failed = 0
     for result in annotator.annotate_files(find_images(argv[1:])):
         failed += "error" in result

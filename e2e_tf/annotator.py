@@ -25,7 +25,7 @@ def find_images(paths: Iterable[str]) -> List[str]:
     """Expands folders into the image files below them (sorted, recursive).
 
     Files named explicitly are kept whatever their extension, and so are paths that do not
-    exist (annotation reports them). An folder without images is kept too, so that the
+    exist (annotation reports them). A folder without images is kept too, so that the
     caller can report it.
     """
     found = []
@@ -82,10 +82,13 @@ class Annotator:
 
     @classmethod
     def from_export(cls, export_dir: str, *, top_k: int = 5, batch_size: int = 32) -> "Annotator":
-        """Uses the `serving_default` signature of a SavedModel written by `e2e_tf.export`."""
+        """Uses the `serving_default` signature of a SavedModel written by `e2e_tf.export`.
+
+        Its `probabilities` output is ranked here, so any `top_k` works, whatever `--top_k`
+        the export was written with.
+        """
         loaded = tf.saved_model.load(export_dir)
-        signature = loaded.signatures.get("serving_default")
-        if signature is None or not hasattr(loaded, "vocabulary_file"):
+        if "serving_default" not in loaded.signatures or not hasattr(loaded, "vocabulary_file"):
             raise ValueError(
                 f"{export_dir} is not an e2e_tf export: it needs a serving_default signature and a "
                 "vocabulary asset (write one with `python -m e2e_tf.export`)."
@@ -95,12 +98,11 @@ class Annotator:
             vocabulary = f.read().splitlines()
 
         def probabilities(images: List[bytes]) -> np.ndarray:
-            outputs = signature(image_bytes=tf.constant(images, dtype=tf.string))
+            # Going through `loaded` keeps the restored variables and table alive.
+            outputs = loaded.signatures["serving_default"](image_bytes=tf.constant(images, dtype=tf.string))
             return outputs["probabilities"].numpy()
 
-        annotator = cls(probabilities, vocabulary, top_k=top_k, batch_size=batch_size)
-        annotator._loaded = loaded  # Keeps the restored variables and tables alive.
-        return annotator
+        return cls(probabilities, vocabulary, top_k=top_k, batch_size=batch_size)
 
     @classmethod
     def from_trained_model(cls, path: str, *, top_k: int = 5, batch_size: int = 32) -> "Annotator":

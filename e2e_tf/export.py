@@ -26,18 +26,21 @@ def main(argv):
     from e2e_tf.serving_export import export_model
     from e2e_tf.trained_model import load_trained_model
 
-    model, info = load_trained_model(FLAGS.model)
-    path = export_model(
-        model,
-        info.vocabulary,
-        info.image_size,
-        info.resize_policy,
-        FLAGS.export_dir,
-        version=FLAGS.version,
-        top_k=FLAGS.top_k,
-        with_custom_op=FLAGS.with_custom_op,
-        metadata={"dataset": info.dataset, "backbone": info.backbone},
-    )
+    try:
+        model, info = load_trained_model(FLAGS.model)
+        path = export_model(
+            model,
+            info.vocabulary,
+            info.image_size,
+            info.resize_policy,
+            FLAGS.export_dir,
+            version=FLAGS.version,
+            top_k=FLAGS.top_k,
+            with_custom_op=FLAGS.with_custom_op,
+            metadata={"dataset": info.dataset, "backbone": info.backbone},
+        )
+    except (FileNotFoundError, FileExistsError) as e:  # A wrong --model or a taken --version.
+        raise app.UsageError(str(e)) from e
     print(f"Exported {FLAGS.model} to {path}")
 
 

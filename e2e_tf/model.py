@@ -17,6 +17,7 @@ import keras
 
 from e2e_tf import backbones
 from e2e_tf.layers import SpatialPyramidPooling
+from e2e_tf.ops.deformable_conv2d import IMPLEMENTATIONS
 
 SPP_BINS = (1, 2, 3, 6)
 
@@ -62,6 +63,11 @@ def build_model(
         raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
     if weight_decay < 0:
         raise ValueError(f"`weight_decay` must be >= 0. Received: weight_decay={weight_decay!r}")
+    if deformable_implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"`deformable_implementation` must be one of {IMPLEMENTATIONS}. "
+            f"Received: deformable_implementation={deformable_implementation!r}"
+        )
     input_shape = _input_shape(image_size)
     regularizer = keras.regularizers.L2(weight_decay / 2.0) if weight_decay > 0 else None
 
@@ -79,6 +85,7 @@ def build_model(
     x = features(x)
     if spp:
         x = SpatialPyramidPooling(bins=SPP_BINS, kernel_regularizer=regularizer, name="spp")(x)
+    # SPP keeps the map's size (PSMNet); pooling it gives the dense layer a fixed-size input.
     x = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     logits = keras.layers.Dense(

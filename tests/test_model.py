@@ -58,6 +58,7 @@ def test_compact_model_maps_pixels_to_logits_and_probabilities_are_their_sigmoid
     assert model.output_shape == (None, NUM_LABELS)
     assert [l.name for l in model.layers[-4:]] == ["spp", "global_pool", "dropout", "logits"]
     assert model.get_layer("dropout").rate == 0.5
+    assert model.get_layer("logits").activation is keras.activations.linear  # no sigmoid inside
 
 
 @pytest.mark.parametrize(
@@ -148,6 +149,8 @@ def test_image_size_fixes_the_input_shape_and_is_validated():
     assert model(_pixels((1, 64, 96, 3)), training=False).shape == (1, NUM_LABELS)
     with pytest.raises(ValueError, match=r"image_size.*Received: image_size=\(64,\)"):
         build_model(NUM_LABELS, backbone="compact", image_size=(64,))
+    with pytest.raises(ValueError, match="Received: deformable_implementation='cuda'"):
+        build_model(NUM_LABELS, backbone="compact", deformable_stages=0, deformable_implementation="cuda")
 
 
 def test_weight_decay_adds_half_lambda_times_the_squared_norm_of_every_kernel():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib
 import logging
 import numbers
 import os
@@ -83,6 +84,7 @@ def resolve_implementation(implementation: str = "auto", *, warn: bool = True) -
 
 
 def check_implementation(implementation: str) -> str:
+    """Validates an `implementation` name ("auto", "custom_op" or "pure_tf")."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
             f"`implementation` must be one of {IMPLEMENTATIONS}. "
@@ -93,8 +95,6 @@ def check_implementation(implementation: str) -> str:
 def _load_custom_op():
     """Returns (wrapper module or None, reason it is unavailable or None)."""
     try:
-        import importlib
-
         module = importlib.import_module(_CUSTOM_OP_MODULE)
     except Exception as error:  # noqa: BLE001 - a broken build must never break the fallback
         return None, f"cannot import {_CUSTOM_OP_MODULE}: {error}"

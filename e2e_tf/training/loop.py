@@ -43,6 +43,7 @@ class AnnotationTrainer:
         self.strategy = strategy
         self.global_batch_size = global_batch_size
         self._train_function = self._make_train_function()
+        self._sync_function = self._make_sync_function() if strategy.num_replicas_in_sync > 1 else None
 
     def _make_train_function(self) -> Callable:
         model, optimizer, strategy = self.model, self.optimizer, self.strategy
@@ -73,6 +74,30 @@ class AnnotationTrainer:
             return strategy.reduce(sum_, loss, axis=None), strategy.reduce(sum_, regularization, axis=None)
 
         return train_function
+
+    def _make_sync_function(self) -> Callable:
+        """Averages the non-trainable float variables (BatchNorm moving statistics) over all replicas.
+
+        Gradients are all-reduced every step, so the trainable weights stay identical, but
+        each replica updates the moving statistics from its own shard of the batch. Averaging
+        them once per epoch gives every worker, the validation and the saved model the same
+        statistics (the mean of the per-replica exponential averages).
+        """
+        strategy = self.strategy
+        variables = [v for v in self.model.non_trainable_variables if "float" in str(v.dtype)]
+
+        @tf.function
+        def sync_function():
+            def replica_means():
+                return tf.distribute.get_replica_context().all_reduce(
+                    tf.distribute.ReduceOp.MEAN, [tf.convert_to_tensor(v.value) for v in variables]
+                )
+
+            means = strategy.experimental_local_results(strategy.run(replica_means))[0]
+            for variable, mean in zip(variables, means):
+                variable.assign(mean)
+
+        return sync_function
 
     def fit(
         self,
@@ -125,6 +150,8 @@ class AnnotationTrainer:
                     )
                 logs = {"loss": loss_sum / (step + 1), "regularization_loss": float(regularization)}
                 callback_list.on_train_batch_end(step, logs)
+            if self._sync_function is not None:
+                self._sync_function()
             logs["images_per_second"] = steps_per_epoch * self.global_batch_size / (time.perf_counter() - start)
             logs["learning_rate"] = float(self._current_learning_rate())
             if validate is not None:

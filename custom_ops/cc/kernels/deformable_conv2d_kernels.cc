@@ -5,14 +5,14 @@
 // the deformed taps into a (rows, kh*kw*C) column buffer, then one GEMM per group.
 // Backward recomputes the columns, accumulates the kernel gradient, reuses the
 // buffer for the column gradient, then scatters it into the input gradient and
-// reduces it into the offset and mask gradients. Every loop is parallel on the
-// CPU device's thread pool, each output element has a single writer, so results
-// do not depend on the thread count.
+// reduces it into the offset and mask gradients (in one pass per image when a chunk
+// holds an image per thread, else in two passes through a sampling plan). Every
+// loop is parallel on the CPU device's thread pool and each output element has a
+// single writer: no atomics, and results do not depend on the thread count.
 
 #define EIGEN_USE_THREADS
 
 #include <algorithm>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -36,6 +36,7 @@ using ::tensorflow::OpKernelConstruction;
 using ::tensorflow::OpKernelContext;
 using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
+
 template <typename... Args>
 absl::Status InvalidArgument(const Args&... args) {
   return absl::InvalidArgumentError(absl::StrCat(args...));
