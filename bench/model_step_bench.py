@@ -40,7 +40,9 @@ VARIANTS = {
 
 _BACKBONE = flags.DEFINE_string("backbone", "resnet50", "Backbone name (see e2e_tf.backbones).")
 _VARIANTS = flags.DEFINE_list(
-    "variants", ["plain", "e2e"], f"Comma-separated variants to time, the first is the baseline: {list(VARIANTS)}."
+    "variants",
+    ["plain", "e2e"],
+    f"Comma-separated variants to time, the first is the baseline: {list(VARIANTS)}.",
 )
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Images per training step.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Height and width of the square input images.")
@@ -90,7 +92,9 @@ def main(argv):
     del argv
     unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
     if unknown or not _VARIANTS.value:
-        raise app.UsageError(f"--variants must name some of {list(VARIANTS)}. Received: {unknown or 'nothing'}")
+        raise app.UsageError(
+            f"--variants must name some of {list(VARIANTS)}. Received: {unknown or 'nothing'}"
+        )
     if _STEPS.value < 1 or _BATCH_SIZE.value < 1 or _IMAGE_SIZE.value < 1:
         raise app.UsageError("--steps, --batch_size and --image_size must be positive.")
     if _MIXED_PRECISION.value:
@@ -102,10 +106,11 @@ def main(argv):
     labels = (rng.uniform(size=(_BATCH_SIZE.value, _NUM_LABELS.value)) < 0.02).astype("float32")
 
     devices = [d.device_type for d in tf.config.list_physical_devices()]
+    resolved = ops.resolve_implementation(_IMPLEMENTATION.value, warn=False)
     print(
         f"backbone={_BACKBONE.value} batch={_BATCH_SIZE.value} image={size}x{size} "
         f"M={_NUM_LABELS.value} deformable_stages={_DEFORMABLE_STAGES.value} "
-        f"implementation={_IMPLEMENTATION.value}->{ops.resolve_implementation(_IMPLEMENTATION.value, warn=False)} "
+        f"implementation={_IMPLEMENTATION.value}->{resolved} "
         f"jit_compile={_JIT_COMPILE.value} mixed_precision={_MIXED_PRECISION.value} "
         f"warmup={_WARMUP.value} steps={_STEPS.value}"
     )

@@ -15,7 +15,8 @@ from absl import app, flags
 
 flags.DEFINE_string("model", None, "A trained model dir or .keras file (written by `python -m e2e_tf.train`), "
                     "or a SavedModel export (a version folder, or the base folder: its highest version).")
-flags.DEFINE_integer("top_k", 5, "Keywords per image.", lower_bound=1)
+flags.DEFINE_integer("top_k", None, "Keywords per image; default 5, or the number of labels if fewer.",
+                     lower_bound=1)
 flags.DEFINE_integer("batch_size", 32, "Images run through the model at once.", lower_bound=1)
 flags.mark_flag_as_required("model")
 FLAGS = flags.FLAGS
@@ -28,7 +29,7 @@ def main(argv):
 
     try:
         annotator = Annotator.from_path(FLAGS.model, top_k=FLAGS.top_k, batch_size=FLAGS.batch_size)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # A wrong --model or --top_k.
         raise app.UsageError(str(e)) from e
     failed = 0
     for result in annotator.annotate_files(find_images(argv[1:])):

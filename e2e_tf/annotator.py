@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+DEFAULT_TOP_K = 5
 SAVED_MODEL_FILENAME = "saved_model.pb"
 
 # Takes a list of encoded images, returns their label probabilities `[n, M]`; raises
@@ -49,7 +50,8 @@ class Annotator:
     Args:
       probabilities_fn: maps a list of encoded images to their probabilities `[n, M]`.
       vocabulary: the M label names, in the order of the probabilities.
-      top_k: keywords per image (ties broken like `tf.math.top_k`: lower label index first).
+      top_k: keywords per image (ties broken like `tf.math.top_k`: lower label index first);
+        None gives `DEFAULT_TOP_K`, or M if it is smaller.
       batch_size: images run through the model at once.
     """
 
@@ -58,9 +60,11 @@ class Annotator:
         probabilities_fn: ProbabilitiesFn,
         vocabulary: Sequence[str],
         *,
-        top_k: int = 5,
+        top_k: Optional[int] = None,
         batch_size: int = 32,
     ):
+        if top_k is None:
+            top_k = min(DEFAULT_TOP_K, len(vocabulary))
         if not 1 <= top_k <= len(vocabulary):
             raise ValueError(
                 f"top_k must be between 1 and the number of labels ({len(vocabulary)}). Received: top_k={top_k}"
@@ -73,7 +77,7 @@ class Annotator:
         self.batch_size = batch_size
 
     @classmethod
-    def from_path(cls, path: str, *, top_k: int = 5, batch_size: int = 32) -> "Annotator":
+    def from_path(cls, path: str, *, top_k: Optional[int] = None, batch_size: int = 32) -> "Annotator":
         """Loads an export (a version folder, or a base folder: its highest version) or a trained model."""
         export_dir = find_export_dir(path)
         if export_dir is not None:
@@ -81,7 +85,7 @@ class Annotator:
         return cls.from_trained_model(path, top_k=top_k, batch_size=batch_size)
 
     @classmethod
-    def from_export(cls, export_dir: str, *, top_k: int = 5, batch_size: int = 32) -> "Annotator":
+    def from_export(cls, export_dir: str, *, top_k: Optional[int] = None, batch_size: int = 32) -> "Annotator":
         """Uses the `serving_default` signature of a SavedModel written by `e2e_tf.export`.
 
         Its `probabilities` output is ranked here, so any `top_k` works, whatever `--top_k`
@@ -105,7 +109,7 @@ class Annotator:
         return cls(probabilities, vocabulary, top_k=top_k, batch_size=batch_size)
 
     @classmethod
-    def from_trained_model(cls, path: str, *, top_k: int = 5, batch_size: int = 32) -> "Annotator":
+    def from_trained_model(cls, path: str, *, top_k: Optional[int] = None, batch_size: int = 32) -> "Annotator":
         """Runs a trained model (a model dir or a `.keras` file with its `model_info.json`)."""
         from e2e_tf.serving_export import decode_images
         from e2e_tf.trained_model import load_trained_model

@@ -13,7 +13,8 @@ flags.DEFINE_string("model", None, "Trained model: a model dir (model.keras + mo
 flags.DEFINE_string("export_dir", None, "Model base path for TF Serving; the export goes to <export_dir>/<version>/.")
 flags.DEFINE_integer("version", None, "Version folder number; default the next free one. Never overwrites.",
                      lower_bound=0)
-flags.DEFINE_integer("top_k", 5, "Keywords (and scores) returned per image by the signatures.", lower_bound=1)
+flags.DEFINE_integer("top_k", None, "Keywords (and scores) returned per image by the signatures; "
+                     "default 5, or the number of labels if fewer.", lower_bound=1)
 flags.DEFINE_bool("with_custom_op", False, "Trace DeformableConv2D with the compiled E2eTf>DeformableConv2D op "
                   "instead of stock TF ops. Only a model server built with the op library can load the export.")
 flags.mark_flags_as_required(["model", "export_dir"])
@@ -23,7 +24,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from e2e_tf.serving_export import export_model
+    from e2e_tf.serving_export import DEFAULT_TOP_K, export_model
     from e2e_tf.trained_model import load_trained_model
 
     try:
@@ -35,11 +36,11 @@ def main(argv):
             info.resize_policy,
             FLAGS.export_dir,
             version=FLAGS.version,
-            top_k=FLAGS.top_k,
+            top_k=FLAGS.top_k or min(DEFAULT_TOP_K, len(info.vocabulary)),
             with_custom_op=FLAGS.with_custom_op,
             metadata={"dataset": info.dataset, "backbone": info.backbone},
         )
-    except (FileNotFoundError, FileExistsError) as e:  # A wrong --model or a taken --version.
+    except (FileNotFoundError, FileExistsError, ValueError) as e:  # A wrong --model, --version or --top_k.
         raise app.UsageError(str(e)) from e
     print(f"Exported {FLAGS.model} to {path}")
 

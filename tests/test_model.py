@@ -75,7 +75,8 @@ def test_deformable_stages_select_the_3x3_convs_of_the_last_stages(deformable_st
 
 
 def test_deformable_stages_outside_the_backbone_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"deformable_stages.*\[0, 4\].*compact.*Received: deformable_stages=5"):
+    expected = r"deformable_stages.*\[0, 4\].*compact.*Received: deformable_stages=5"
+    with pytest.raises(ValueError, match=expected):
         build_model(NUM_LABELS, backbone="compact", deformable_stages=5)
 
 

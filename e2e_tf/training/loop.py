@@ -88,14 +88,9 @@ class AnnotationTrainer:
 
         @tf.function
         def sync_function():
-            def replica_means():
-                return tf.distribute.get_replica_context().all_reduce(
-                    tf.distribute.ReduceOp.MEAN, [tf.convert_to_tensor(v.value) for v in variables]
-                )
-
-            means = strategy.experimental_local_results(strategy.run(replica_means))[0]
-            for variable, mean in zip(variables, means):
-                variable.assign(mean)
+            local_values = strategy.run(lambda: [tf.identity(v.value) for v in variables])
+            for variable, value in zip(variables, local_values):
+                variable.assign(strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None))
 
         return sync_function
 
