@@ -36,32 +36,34 @@ _PROJECT_ROOT = pathlib.Path(__file__).resolve().parent
 _PACKAGE_FOLDERS = {"datasets": "e2e_tf.datasets"}
 
 
+def _installed_parts(path: pathlib.Path) -> tuple[str, ...] | None:
+    """`path` as (installed package, sub-path parts...) when it lies in a remapped folder, else None."""
+    try:
+        parts = pathlib.Path(path).resolve().relative_to(_PROJECT_ROOT).parts
+    except ValueError:
+        return None
+    if not parts or parts[0] not in _PACKAGE_FOLDERS:
+        return None
+    return (_PACKAGE_FOLDERS[parts[0]], *parts[1:])
+
+
 class _InstalledPackageModule(pytest.Module):
     """A test module imported by its installed package name, not by its folder name."""
 
     def _getobj(self):
-        relative = pathlib.Path(self.path).resolve().relative_to(_PROJECT_ROOT).with_suffix("")
-        package = _PACKAGE_FOLDERS[relative.parts[0]]
-        return importlib.import_module(".".join((package, *relative.parts[1:])))
+        parts = _installed_parts(self.path)
+        return importlib.import_module(".".join((*parts[:-1], pathlib.Path(parts[-1]).stem)))
 
 
 def pytest_pycollect_makemodule(module_path: pathlib.Path, parent):
-    try:
-        relative = module_path.resolve().relative_to(_PROJECT_ROOT)
-    except ValueError:
+    if _installed_parts(module_path) is None:
         return None
-    if relative.parts and relative.parts[0] in _PACKAGE_FOLDERS:
-        return _InstalledPackageModule.from_parent(parent, path=module_path)
-    return None
+    return _InstalledPackageModule.from_parent(parent, path=module_path)
 
 
 def pytest_collect_directory(path: pathlib.Path, parent):
     # A plain directory collector: pytest's Package collector would import
     # datasets/__init__.py under the top-level name `datasets`.
-    try:
-        relative = path.resolve().relative_to(_PROJECT_ROOT)
-    except ValueError:
+    if _installed_parts(path) is None:
         return None
-    if relative.parts and relative.parts[0] in _PACKAGE_FOLDERS:
-        return pytest.Dir.from_parent(parent, path=path)
-    return None
+    return pytest.Dir.from_parent(parent, path=path)

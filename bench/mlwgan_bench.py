@@ -94,7 +94,7 @@ def main(argv):
         results[key] = count * iterations / seconds
         print(f"  measured {name}: {seconds:.2f} s", flush=True)
     baseline = results.get("per_step")
-    print(f"\n| variant | image-iterations/s | vs per-step one-at-a-time | vs traced-loop one-at-a-time |")
+    print("\n| variant | image-iterations/s | vs per-step one-at-a-time | vs traced-loop one-at-a-time |")
     print("|---|---|---|---|")
     for key, rate in results.items():
         ratio1 = f"{rate / baseline:.2f}x" if baseline else "-"

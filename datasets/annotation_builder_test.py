@@ -3,7 +3,6 @@
 import pathlib
 import shutil
 
-import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 

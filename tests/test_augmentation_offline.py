@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from e2e_tf.augmentation import augmented_records
 from e2e_tf.augmentation.mlwgan import MLWGANConfig

@@ -8,7 +8,7 @@ import keras
 import pytest
 from absl import flags
 
-from e2e_tf import train
+from e2e_tf import train  # noqa: F401  (defines the flags parsed below)
 from e2e_tf.training.config import TrainConfig
 from e2e_tf.training.schedules import learning_rate_schedule
 

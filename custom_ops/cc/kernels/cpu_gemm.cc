@@ -57,42 +57,29 @@ __attribute__((target("avx2,fma"))) void Avx2MicroKernel6x16(int64_t kc, const f
                                                              const float* b, float* c,
                                                              int64_t ldc, bool accumulate,
                                                              int m, int n) {
-  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
-  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
-  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  // acc[i][h]: columns [8h, 8h + 8) of row i. Fully unrolled, the array lives in
+  // registers.
+  __m256 acc[6][2];
+#pragma GCC unroll 6
+  for (int i = 0; i < 6; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
   for (int64_t p = 0; p < kc; ++p) {
     const __m256 b0 = _mm256_loadu_ps(b);
     const __m256 b1 = _mm256_loadu_ps(b + 8);
-    __m256 ai = _mm256_broadcast_ss(a + 0);
-    c00 = _mm256_fmadd_ps(ai, b0, c00);
-    c01 = _mm256_fmadd_ps(ai, b1, c01);
-    ai = _mm256_broadcast_ss(a + 1);
-    c10 = _mm256_fmadd_ps(ai, b0, c10);
-    c11 = _mm256_fmadd_ps(ai, b1, c11);
-    ai = _mm256_broadcast_ss(a + 2);
-    c20 = _mm256_fmadd_ps(ai, b0, c20);
-    c21 = _mm256_fmadd_ps(ai, b1, c21);
-    ai = _mm256_broadcast_ss(a + 3);
-    c30 = _mm256_fmadd_ps(ai, b0, c30);
-    c31 = _mm256_fmadd_ps(ai, b1, c31);
-    ai = _mm256_broadcast_ss(a + 4);
-    c40 = _mm256_fmadd_ps(ai, b0, c40);
-    c41 = _mm256_fmadd_ps(ai, b1, c41);
-    ai = _mm256_broadcast_ss(a + 5);
-    c50 = _mm256_fmadd_ps(ai, b0, c50);
-    c51 = _mm256_fmadd_ps(ai, b1, c51);
+#pragma GCC unroll 6
+    for (int i = 0; i < 6; ++i) {
+      const __m256 ai = _mm256_broadcast_ss(a + i);
+      acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
+    }
     a += 6;
     b += 16;
   }
-  const __m256 rows[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
   if (m == 6 && n == 16) {
+#pragma GCC unroll 6
     for (int i = 0; i < 6; ++i) {
       float* row = c + i * ldc;
-      __m256 lo = rows[2 * i];
-      __m256 hi = rows[2 * i + 1];
+      __m256 lo = acc[i][0];
+      __m256 hi = acc[i][1];
       if (accumulate) {
         lo = _mm256_add_ps(lo, _mm256_loadu_ps(row));
         hi = _mm256_add_ps(hi, _mm256_loadu_ps(row + 8));
@@ -103,7 +90,11 @@ __attribute__((target("avx2,fma"))) void Avx2MicroKernel6x16(int64_t kc, const f
     return;
   }
   alignas(32) float tile[6 * 16];
-  for (int i = 0; i < 12; ++i) _mm256_store_ps(tile + 8 * i, rows[i]);
+#pragma GCC unroll 6
+  for (int i = 0; i < 6; ++i) {
+    _mm256_store_ps(tile + 16 * i, acc[i][0]);
+    _mm256_store_ps(tile + 16 * i + 8, acc[i][1]);
+  }
   StoreTile(tile, 16, c, ldc, accumulate, m, n);
 }
 

@@ -175,6 +175,36 @@ std::vector<ChannelRun> ChannelRuns(const DeformableConv2DGeometry& g, int64_t b
   return runs;
 }
 
+// The channel runs of each offset group: the inner loops of every sampling pass.
+std::vector<std::vector<ChannelRun>> OffsetGroupRuns(const DeformableConv2DGeometry& g) {
+  std::vector<std::vector<ChannelRun>> runs(g.offset_groups);
+  const int64_t cog = g.channels_per_offset_group();
+  for (int og = 0; og < g.offset_groups; ++og) runs[og] = ChannelRuns(g, og * cog, (og + 1) * cog);
+  return runs;
+}
+
+// The images that rows [row0, row0 + rows) of a chunk belong to.
+struct ChunkImages {
+  int64_t first;
+  int64_t count;
+};
+
+ChunkImages ImagesOf(const DeformableConv2DGeometry& g, int64_t row0, int64_t rows) {
+  const int64_t first = row0 / g.out_pixels();
+  return {first, (row0 + rows - 1) / g.out_pixels() - first + 1};
+}
+
+// The chunk-relative rows [begin, end) of image n.
+struct RowRange {
+  int64_t begin;
+  int64_t end;
+};
+
+RowRange ImageRows(const DeformableConv2DGeometry& g, int64_t row0, int64_t rows, int64_t n) {
+  return {std::max(row0, n * g.out_pixels()) - row0,
+          std::min(row0 + rows, (n + 1) * g.out_pixels()) - row0};
+}
+
 // A sample's corners with the mask folded into the weights (backward scatter plan).
 template <typename T>
 struct PlanEntry {
@@ -182,25 +212,22 @@ struct PlanEntry {
   T weight[4];
 };
 
+// weight[k] = the sample's corner weight k times its mask value.
 template <typename T>
-inline __attribute__((always_inline)) bool SampleAt(const DeformableConv2DGeometry& g,
-                                                     const T* offsets, int64_t row, int64_t tap,
-                                                     int64_t og, BilinearSample<T>* s) {
-  const int64_t n = row / g.out_pixels();
-  const int64_t pixel = row - n * g.out_pixels();
-  const int64_t oy = pixel / g.out_width;
-  const int64_t ox = pixel - oy * g.out_width;
-  const int i = static_cast<int>(tap / g.kernel_w);
-  const int j = static_cast<int>(tap - int64_t{i} * g.kernel_w);
-  const T* d = offsets + row * 2 * g.offset_groups * g.taps() + og * 2 * g.taps() + 2 * tap;
-  return BilinearCorners<T>(BaseY<T>(g, oy, i) + d[0], BaseX<T>(g, ox, j) + d[1], n, g.height,
-                            g.width, g.channels, s);
+inline void MaskedWeights(const BilinearSample<T>& s, T m, T weight[4]) {
+  for (int k = 0; k < 4; ++k) weight[k] = s.weight[k] * m;
 }
 
+// corner_k[c] += weight[k] * gc[c] for c in [0, len): one sample's col2im.
 template <typename T>
-T MaskAt(const DeformableConv2DGeometry& g, const T* mask, int64_t row, int64_t tap,
-         int64_t og) {
-  return mask == nullptr ? T(1) : mask[(row * g.offset_groups + og) * g.taps() + tap];
+inline void ScatterAdd(const T* __restrict__ gc, const int64_t index[4], const T weight[4],
+                       int64_t c0, int64_t len, T* grad_input) {
+  for (int k = 0; k < 4; ++k) {
+    if (index[k] < 0) continue;
+    T* __restrict__ dst = grad_input + index[k] + c0;
+    const T w = weight[k];
+    for (int64_t c = 0; c < len; ++c) dst[c] += w * gc[c];
+  }
 }
 
 // dst[c] = sum_k w_k * corner_k[c] for c in [0, len): the deformed im2col entry.
@@ -253,9 +280,7 @@ template <typename T>
 void CpuIm2Col(const ParallelFor& parallel_for, const DeformableConv2DGeometry& g,
                const T* input, const T* offsets, const T* mask, int64_t row0, int64_t rows,
                T* col) {
-  std::vector<std::vector<ChannelRun>> runs(g.offset_groups);
-  const int64_t cog = g.channels_per_offset_group();
-  for (int og = 0; og < g.offset_groups; ++og) runs[og] = ChannelRuns(g, og * cog, (og + 1) * cog);
+  const std::vector<std::vector<ChannelRun>> runs = OffsetGroupRuns(g);
   parallel_for(rows, g.col_width() * 6, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t row = row0 + r;
@@ -265,8 +290,8 @@ void CpuIm2Col(const ParallelFor& parallel_for, const DeformableConv2DGeometry& 
           BilinearSample<T> s;
           const bool inside = SampleAt(g, offsets, row, tap, og, &s);
           const T m = MaskAt(g, mask, row, tap, og);
-          T weight[4];
-          for (int k = 0; k < 4; ++k) weight[k] = inside ? s.weight[k] * m : T(0);
+          T weight[4] = {T(0), T(0), T(0), T(0)};
+          if (inside) MaskedWeights(s, m, weight);
           for (const ChannelRun& run : runs[og]) {
             T* dst = col_row + g.column(tap, run.begin);
             if (inside) {
@@ -288,9 +313,7 @@ void CpuCoordinateGrad(const ParallelFor& parallel_for, const DeformableConv2DGe
                        const T* input, const T* offsets, const T* mask, const T* grad_col,
                        int64_t row0, int64_t rows, T* grad_offsets, T* grad_mask,
                        PlanEntry<T>* plan) {
-  std::vector<std::vector<ChannelRun>> runs(g.offset_groups);
-  const int64_t cog = g.channels_per_offset_group();
-  for (int og = 0; og < g.offset_groups; ++og) runs[og] = ChannelRuns(g, og * cog, (og + 1) * cog);
+  const std::vector<std::vector<ChannelRun>> runs = OffsetGroupRuns(g);
   parallel_for(rows, g.col_width() * 8, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t row = row0 + r;
@@ -303,10 +326,8 @@ void CpuCoordinateGrad(const ParallelFor& parallel_for, const DeformableConv2DGe
           if (SampleAt(g, offsets, row, tap, og, &s)) {
             const T m = MaskAt(g, mask, row, tap, og);
             T dots[4] = {T(0), T(0), T(0), T(0)};
-            for (int k = 0; k < 4; ++k) {
-              entry.index[k] = s.index[k];
-              entry.weight[k] = s.weight[k] * m;
-            }
+            std::copy(s.index, s.index + 4, entry.index);
+            MaskedWeights(s, m, entry.weight);
             for (const ChannelRun& run : runs[og]) {
               CornerDots(gc_row + g.column(tap, run.begin), input, s.index, run.begin,
                          run.end - run.begin, dots);
@@ -315,12 +336,8 @@ void CpuCoordinateGrad(const ParallelFor& parallel_for, const DeformableConv2DGe
           } else {
             for (int k = 0; k < 4; ++k) entry.index[k] = -1;
           }
-          T* go = grad_offsets + row * 2 * g.offset_groups * g.taps() + og * 2 * g.taps();
-          go[2 * tap] = grad_dy;
-          go[2 * tap + 1] = grad_dx;
-          if (grad_mask != nullptr) {
-            grad_mask[(row * g.offset_groups + og) * g.taps() + tap] = grad_m;
-          }
+          StoreCoordinateGradients(g, row, tap, og, grad_dy, grad_dx, grad_m, grad_offsets,
+                                   grad_mask);
         }
       }
     }
@@ -334,34 +351,25 @@ template <typename T>
 void CpuCol2Im(const ParallelFor& parallel_for, int threads, const DeformableConv2DGeometry& g,
                const T* grad_col, const PlanEntry<T>* plan, int64_t row0, int64_t rows,
                T* grad_input) {
-  const int64_t first_image = row0 / g.out_pixels();
-  const int64_t images = (row0 + rows - 1) / g.out_pixels() - first_image + 1;
+  const ChunkImages images = ImagesOf(g, row0, rows);
   // Channel blocks only when there are fewer images than threads: each re-reads the plan.
-  const int64_t blocks = std::clamp<int64_t>((threads + images - 1) / images, 1,
+  const int64_t blocks = std::clamp<int64_t>((threads + images.count - 1) / images.count, 1,
                                              std::max<int64_t>(g.channels / 8, 1));
   const int64_t cost = std::min(rows, g.out_pixels()) * g.taps() * (g.channels / blocks) * 8;
-  parallel_for(images * blocks, cost, [&](int64_t u0, int64_t u1) {
+  parallel_for(images.count * blocks, cost, [&](int64_t u0, int64_t u1) {
     for (int64_t u = u0; u < u1; ++u) {
-      const int64_t n = first_image + u / blocks;
       const int64_t b = u % blocks;
       const std::vector<ChannelRun> runs =
           ChannelRuns(g, g.channels * b / blocks, g.channels * (b + 1) / blocks);
-      const int64_t r_begin = std::max(row0, n * g.out_pixels()) - row0;
-      const int64_t r_end = std::min(row0 + rows, (n + 1) * g.out_pixels()) - row0;
-      for (int64_t r = r_begin; r < r_end; ++r) {
+      const RowRange image_rows = ImageRows(g, row0, rows, images.first + u / blocks);
+      for (int64_t r = image_rows.begin; r < image_rows.end; ++r) {
         const T* gc_row = grad_col + r * g.col_width();
         for (int64_t tap = 0; tap < g.taps(); ++tap) {
           const PlanEntry<T>* entries = plan + (r * g.taps() + tap) * g.offset_groups;
           for (const ChannelRun& run : runs) {
             const PlanEntry<T>& e = entries[run.offset_group];
-            const T* __restrict__ gc = gc_row + g.column(tap, run.begin);
-            const int64_t len = run.end - run.begin;
-            for (int k = 0; k < 4; ++k) {
-              if (e.index[k] < 0) continue;
-              T* __restrict__ dst = grad_input + e.index[k] + run.begin;
-              const T w = e.weight[k];
-              for (int64_t c = 0; c < len; ++c) dst[c] += w * gc[c];
-            }
+            ScatterAdd(gc_row + g.column(tap, run.begin), e.index, e.weight, run.begin,
+                       run.end - run.begin, grad_input);
           }
         }
       }
@@ -377,17 +385,13 @@ void CpuFusedSamplingGrad(const ParallelFor& parallel_for, const DeformableConv2
                           const T* input, const T* offsets, const T* mask, const T* grad_col,
                           int64_t row0, int64_t rows, T* grad_input, T* grad_offsets,
                           T* grad_mask) {
-  std::vector<std::vector<ChannelRun>> runs(g.offset_groups);
-  const int64_t cog = g.channels_per_offset_group();
-  for (int og = 0; og < g.offset_groups; ++og) runs[og] = ChannelRuns(g, og * cog, (og + 1) * cog);
-  const int64_t first_image = row0 / g.out_pixels();
-  const int64_t images = (row0 + rows - 1) / g.out_pixels() - first_image + 1;
+  const std::vector<std::vector<ChannelRun>> runs = OffsetGroupRuns(g);
+  const ChunkImages images = ImagesOf(g, row0, rows);
   const int64_t cost = std::min(rows, g.out_pixels()) * g.col_width() * 16;
-  parallel_for(images, cost, [&](int64_t u0, int64_t u1) {
-    for (int64_t n = first_image + u0; n < first_image + u1; ++n) {
-      const int64_t r_begin = std::max(row0, n * g.out_pixels()) - row0;
-      const int64_t r_end = std::min(row0 + rows, (n + 1) * g.out_pixels()) - row0;
-      for (int64_t r = r_begin; r < r_end; ++r) {
+  parallel_for(images.count, cost, [&](int64_t u0, int64_t u1) {
+    for (int64_t n = images.first + u0; n < images.first + u1; ++n) {
+      const RowRange image_rows = ImageRows(g, row0, rows, n);
+      for (int64_t r = image_rows.begin; r < image_rows.end; ++r) {
         const int64_t row = row0 + r;
         const T* gc_row = grad_col + r * g.col_width();
         for (int64_t tap = 0; tap < g.taps(); ++tap) {
@@ -397,25 +401,18 @@ void CpuFusedSamplingGrad(const ParallelFor& parallel_for, const DeformableConv2
             if (SampleAt(g, offsets, row, tap, og, &s)) {
               const T m = MaskAt(g, mask, row, tap, og);
               T dots[4] = {T(0), T(0), T(0), T(0)};
+              T weight[4];
+              MaskedWeights(s, m, weight);
               for (const ChannelRun& run : runs[og]) {
-                const T* __restrict__ gc = gc_row + g.column(tap, run.begin);
+                const T* gc = gc_row + g.column(tap, run.begin);
                 const int64_t len = run.end - run.begin;
                 CornerDots(gc, input, s.index, run.begin, len, dots);
-                for (int k = 0; k < 4; ++k) {
-                  if (s.index[k] < 0) continue;
-                  T* __restrict__ dst = grad_input + s.index[k] + run.begin;
-                  const T w = s.weight[k] * m;
-                  for (int64_t c = 0; c < len; ++c) dst[c] += w * gc[c];
-                }
+                ScatterAdd(gc, s.index, weight, run.begin, len, grad_input);
               }
               CoordinateGradients(s, dots, m, &grad_dy, &grad_dx, &grad_m);
             }
-            T* go = grad_offsets + row * 2 * g.offset_groups * g.taps() + og * 2 * g.taps();
-            go[2 * tap] = grad_dy;
-            go[2 * tap + 1] = grad_dx;
-            if (grad_mask != nullptr) {
-              grad_mask[(row * g.offset_groups + og) * g.taps() + tap] = grad_m;
-            }
+            StoreCoordinateGradients(g, row, tap, og, grad_dy, grad_dx, grad_m, grad_offsets,
+                                     grad_mask);
           }
         }
       }
@@ -469,8 +466,7 @@ void CpuBackward(const ParallelFor& pf, int threads, const DeformableConv2DGeome
       Gemm<T>(pf, rows, kg, fg, {go + grp * fg, g.filters, 1}, {kernel_t + grp * fg * kg, kg, 1},
               col + grp * kg, g.col_width(), /*accumulate=*/false);
     }
-    const int64_t images = (row0 + rows - 1) / g.out_pixels() - row0 / g.out_pixels() + 1;
-    if (images >= threads) {
+    if (ImagesOf(g, row0, rows).count >= threads) {
       CpuFusedSamplingGrad(pf, g, input, offsets, mask, col, row0, rows, grad_input,
                            grad_offsets, grad_mask);
     } else {
@@ -483,6 +479,12 @@ void CpuBackward(const ParallelFor& pf, int threads, const DeformableConv2DGeome
 
 // ------------------------------------------------------------ per-device launchers
 
+// A temporary of n elements of T: a column buffer, the transposed kernel, the plan.
+template <typename T>
+absl::Status AllocateBuffer(OpKernelContext* ctx, int64_t n, Tensor* buffer) {
+  return ctx->allocate_temp(DataTypeToEnum<T>::value, TensorShape({n}), buffer);
+}
+
 template <typename Device, typename T>
 struct Launcher;
 
@@ -493,8 +495,7 @@ struct Launcher<CpuTag, T> {
                               const T* kernel, const T* mask, T* output) {
     const int64_t chunk = ChunkRows(g, attr_rows, g.col_width() * sizeof(T), kCpuChunkBytes);
     Tensor col;
-    TF_RETURN_IF_ERROR(ctx->allocate_temp(DataTypeToEnum<T>::value,
-                                          TensorShape({chunk * g.col_width()}), &col));
+    TF_RETURN_IF_ERROR(AllocateBuffer<T>(ctx, chunk * g.col_width(), &col));
     CpuForward(CpuParallelFor(ctx), g, input, offsets, kernel, mask, output, col.flat<T>().data(),
                chunk);
     return absl::OkStatus();
@@ -508,12 +509,9 @@ struct Launcher<CpuTag, T> {
     const int64_t chunk =
         ChunkRows(g, attr_rows, g.col_width() * sizeof(T) + plan_row, kCpuChunkBytes);
     Tensor col, kernel_t, plan;
-    TF_RETURN_IF_ERROR(ctx->allocate_temp(DataTypeToEnum<T>::value,
-                                          TensorShape({chunk * g.col_width()}), &col));
-    TF_RETURN_IF_ERROR(ctx->allocate_temp(
-        DataTypeToEnum<T>::value, TensorShape({g.group_col_width() * g.filters}), &kernel_t));
-    TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_INT8, TensorShape({chunk * plan_row}),
-                                          &plan));
+    TF_RETURN_IF_ERROR(AllocateBuffer<T>(ctx, chunk * g.col_width(), &col));
+    TF_RETURN_IF_ERROR(AllocateBuffer<T>(ctx, g.group_col_width() * g.filters, &kernel_t));
+    TF_RETURN_IF_ERROR(AllocateBuffer<int8_t>(ctx, chunk * plan_row, &plan));
     CpuBackward(CpuParallelFor(ctx), ctx->device()->tensorflow_cpu_worker_threads()->num_threads,
                 g, input, offsets, kernel, mask, grad_output, grad_input,
                 grad_offsets, grad_mask, grad_kernel, col.flat<T>().data(),
@@ -551,8 +549,7 @@ struct Launcher<GpuTag, T> {
                               const T* kernel, const T* mask, T* output) {
     const int64_t chunk = ChunkRows(g, attr_rows, g.col_width() * sizeof(T), kGpuChunkBytes);
     Tensor col;
-    TF_RETURN_IF_ERROR(ctx->allocate_temp(DataTypeToEnum<T>::value,
-                                          TensorShape({chunk * g.col_width()}), &col));
+    TF_RETURN_IF_ERROR(AllocateBuffer<T>(ctx, chunk * g.col_width(), &col));
     return CudaStatus(gpu::DeformableConv2DForward<T>(GpuStream(ctx), g, input, offsets, kernel,
                                                       mask, output, col.flat<T>().data(),
                                                       chunk));
@@ -564,10 +561,8 @@ struct Launcher<GpuTag, T> {
                                T* grad_input, T* grad_offsets, T* grad_mask, T* grad_kernel) {
     const int64_t chunk = ChunkRows(g, attr_rows, g.col_width() * sizeof(T), kGpuChunkBytes);
     Tensor col, kernel_t;
-    TF_RETURN_IF_ERROR(ctx->allocate_temp(DataTypeToEnum<T>::value,
-                                          TensorShape({chunk * g.col_width()}), &col));
-    TF_RETURN_IF_ERROR(ctx->allocate_temp(
-        DataTypeToEnum<T>::value, TensorShape({g.group_col_width() * g.filters}), &kernel_t));
+    TF_RETURN_IF_ERROR(AllocateBuffer<T>(ctx, chunk * g.col_width(), &col));
+    TF_RETURN_IF_ERROR(AllocateBuffer<T>(ctx, g.group_col_width() * g.filters, &kernel_t));
     return CudaStatus(gpu::DeformableConv2DBackward<T>(
         GpuStream(ctx), g, input, offsets, kernel, mask, grad_output, grad_input, grad_offsets,
         grad_mask, grad_kernel, col.flat<T>().data(), kernel_t.flat<T>().data(), chunk));
@@ -643,49 +638,76 @@ void FinishOutput(OpKernelContext* ctx, const Tensor& computed, Tensor* output) 
 
 }  // namespace
 
+// The four operands of both ops in the compute type (the tensors own the float copies
+// of half and bfloat16 inputs); mask is null without one.
+template <typename T>
+struct Operands {
+  Tensor tensors[4];
+  const ComputeType<T>* input = nullptr;
+  const ComputeType<T>* offsets = nullptr;
+  const ComputeType<T>* kernel = nullptr;
+  const ComputeType<T>* mask = nullptr;
+};
+
+// What both op kernels share: the attributes, the geometry of the inputs' run-time
+// shapes, and the inputs (input, offsets, kernel, mask) in the compute type.
 template <typename Device, typename T>
-class DeformableConv2DOp : public OpKernel {
+class DeformableConv2DOpBase : public OpKernel {
  public:
-  explicit DeformableConv2DOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit DeformableConv2DOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ReadAttrs(ctx, &attrs_));
   }
 
+ protected:
+  absl::Status Geometry(OpKernelContext* ctx, DeformableConv2DGeometry* g) const {
+    return MakeGeometry(attrs_, ctx->input(0).shape(), ctx->input(1).shape(),
+                        ctx->input(2).shape(), ctx->input(3).shape(), g);
+  }
+
+  static absl::Status ReadOperands(OpKernelContext* ctx, const DeformableConv2DGeometry& g,
+                                   Operands<T>* in) {
+    for (int i = 0; i < 4; ++i) {
+      const Tensor& tensor = (i < 3 || g.use_mask) ? ctx->input(i) : Tensor();
+      TF_RETURN_IF_ERROR((ComputeInput<Device, T>(ctx, tensor, &in->tensors[i])));
+    }
+    in->input = DataOf<T>(in->tensors[0]);
+    in->offsets = DataOf<T>(in->tensors[1]);
+    in->kernel = DataOf<T>(in->tensors[2]);
+    in->mask = g.use_mask ? DataOf<T>(in->tensors[3]) : nullptr;
+    return absl::OkStatus();
+  }
+
+  ConvAttrs attrs_;
+};
+
+template <typename Device, typename T>
+class DeformableConv2DOp : public DeformableConv2DOpBase<Device, T> {
+ public:
+  using DeformableConv2DOpBase<Device, T>::DeformableConv2DOpBase;
+
   void Compute(OpKernelContext* ctx) override {
-    const Tensor& input = ctx->input(0);
-    const Tensor& offsets = ctx->input(1);
-    const Tensor& kernel = ctx->input(2);
-    const Tensor& mask = ctx->input(3);
     DeformableConv2DGeometry g;
-    OP_REQUIRES_OK(ctx, MakeGeometry(attrs_, input.shape(), offsets.shape(), kernel.shape(),
-                                     mask.shape(), &g));
+    OP_REQUIRES_OK(ctx, this->Geometry(ctx, &g));
     Tensor* output = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(
                             0, TensorShape({g.batch, g.out_height, g.out_width, g.filters}),
                             &output));
     if (output->NumElements() == 0) return;
-    Tensor x, off, w, m, y;
-    OP_REQUIRES_OK(ctx, (ComputeInput<Device, T>(ctx, input, &x)));
-    OP_REQUIRES_OK(ctx, (ComputeInput<Device, T>(ctx, offsets, &off)));
-    OP_REQUIRES_OK(ctx, (ComputeInput<Device, T>(ctx, kernel, &w)));
-    OP_REQUIRES_OK(ctx, (ComputeInput<Device, T>(ctx, g.use_mask ? mask : Tensor(), &m)));
+    Operands<T> in;
+    Tensor y;
+    OP_REQUIRES_OK(ctx, this->ReadOperands(ctx, g, &in));
     OP_REQUIRES_OK(ctx, (ComputeOutput<Device, T>(ctx, output, &y)));
     OP_REQUIRES_OK(ctx, (Launcher<Device, ComputeType<T>>::Forward(
-                            ctx, g, attrs_.chunk_rows, DataOf<T>(x), DataOf<T>(off),
-                            DataOf<T>(w), g.use_mask ? DataOf<T>(m) : nullptr,
-                            MutableDataOf<T>(&y))));
+                            ctx, g, this->attrs_.chunk_rows, in.input, in.offsets, in.kernel,
+                            in.mask, MutableDataOf<T>(&y))));
     FinishOutput<Device, T>(ctx, y, output);
   }
-
- private:
-  ConvAttrs attrs_;
 };
 
 template <typename Device, typename T>
-class DeformableConv2DGradOp : public OpKernel {
+class DeformableConv2DGradOp : public DeformableConv2DOpBase<Device, T> {
  public:
-  explicit DeformableConv2DGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ReadAttrs(ctx, &attrs_));
-  }
+  using DeformableConv2DOpBase<Device, T>::DeformableConv2DOpBase;
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& input = ctx->input(0);
@@ -694,8 +716,7 @@ class DeformableConv2DGradOp : public OpKernel {
     const Tensor& mask = ctx->input(3);
     const Tensor& grad_output = ctx->input(4);
     DeformableConv2DGeometry g;
-    OP_REQUIRES_OK(ctx, MakeGeometry(attrs_, input.shape(), offsets.shape(), kernel.shape(),
-                                     mask.shape(), &g));
+    OP_REQUIRES_OK(ctx, this->Geometry(ctx, &g));
     const TensorShape out_shape({g.batch, g.out_height, g.out_width, g.filters});
     OP_REQUIRES(ctx, grad_output.shape() == out_shape,
                 InvalidArgument("grad_output has shape ", grad_output.shape().DebugString(),
@@ -707,27 +728,22 @@ class DeformableConv2DGradOp : public OpKernel {
                                              &outputs[2]));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, kernel.shape(), &outputs[3]));
     if (input.NumElements() == 0 && kernel.NumElements() == 0) return;
-    Tensor x, off, w, m, dy;
-    OP_REQUIRES_OK(ctx, (ComputeInput<Device, T>(ctx, input, &x)));
-    OP_REQUIRES_OK(ctx, (ComputeInput<Device, T>(ctx, offsets, &off)));
-    OP_REQUIRES_OK(ctx, (ComputeInput<Device, T>(ctx, kernel, &w)));
-    OP_REQUIRES_OK(ctx, (ComputeInput<Device, T>(ctx, g.use_mask ? mask : Tensor(), &m)));
+    Operands<T> in;
+    Tensor dy;
+    OP_REQUIRES_OK(ctx, this->ReadOperands(ctx, g, &in));
     OP_REQUIRES_OK(ctx, (ComputeInput<Device, T>(ctx, grad_output, &dy)));
     Tensor grads[4];
     for (int i = 0; i < 4; ++i) {
       OP_REQUIRES_OK(ctx, (ComputeOutput<Device, T>(ctx, outputs[i], &grads[i])));
     }
     OP_REQUIRES_OK(ctx, (Launcher<Device, ComputeType<T>>::Backward(
-                            ctx, g, attrs_.chunk_rows, DataOf<T>(x), DataOf<T>(off),
-                            DataOf<T>(w), g.use_mask ? DataOf<T>(m) : nullptr, DataOf<T>(dy),
-                            MutableDataOf<T>(&grads[0]), MutableDataOf<T>(&grads[1]),
+                            ctx, g, this->attrs_.chunk_rows, in.input, in.offsets, in.kernel,
+                            in.mask, DataOf<T>(dy), MutableDataOf<T>(&grads[0]),
+                            MutableDataOf<T>(&grads[1]),
                             g.use_mask ? MutableDataOf<T>(&grads[2]) : nullptr,
                             MutableDataOf<T>(&grads[3]))));
     for (int i = 0; i < 4; ++i) FinishOutput<Device, T>(ctx, grads[i], outputs[i]);
   }
-
- private:
-  ConvAttrs attrs_;
 };
 
 #define E2E_TF_REGISTER_KERNELS(DEVICE, TAG, T)                                        \

@@ -32,46 +32,39 @@ inline const char* LastError() {
   return error == cudaSuccess ? "" : cudaGetErrorString(error);
 }
 
-template <typename T>
-__device__ inline bool SampleAt(const DeformableConv2DGeometry& g, const T* offsets,
-                                int64_t row, int64_t tap, int64_t og, BilinearSample<T>* s) {
-  const int64_t n = row / g.out_pixels();
-  const int64_t pixel = row - n * g.out_pixels();
-  const int64_t oy = pixel / g.out_width;
-  const int64_t ox = pixel - oy * g.out_width;
-  const int i = static_cast<int>(tap / g.kernel_w);
-  const int j = static_cast<int>(tap - int64_t{i} * g.kernel_w);
-  const T* d = offsets + row * 2 * g.offset_groups * g.taps() + og * 2 * g.taps() + 2 * tap;
-  return BilinearCorners<T>(BaseY<T>(g, oy, i) + d[0], BaseX<T>(g, ox, j) + d[1], n, g.height,
-                            g.width, g.channels, s);
+// Column-buffer entry e of a chunk, e = (r * taps + tap) * C + c: channels innermost,
+// so that neighbouring threads read neighbouring input channels.
+struct ColumnEntry {
+  int64_t r;    // chunk-relative row
+  int64_t tap;
+  int64_t c;    // input channel
+  int64_t og;   // offset group of c
+};
+
+__device__ inline ColumnEntry ColumnEntryAt(const DeformableConv2DGeometry& g, int64_t e) {
+  ColumnEntry entry;
+  entry.c = e % g.channels;
+  entry.tap = (e / g.channels) % g.taps();
+  entry.r = e / (g.channels * g.taps());
+  entry.og = entry.c / g.channels_per_offset_group();
+  return entry;
 }
 
-template <typename T>
-__device__ inline T MaskAt(const DeformableConv2DGeometry& g, const T* mask, int64_t row,
-                           int64_t tap, int64_t og) {
-  return mask == nullptr ? T(1) : mask[(row * g.offset_groups + og) * g.taps() + tap];
-}
-
-// One thread per column entry (row, tap, channel); channels are innermost so that
-// neighbouring threads read neighbouring input channels.
+// One thread per column entry (row, tap, channel).
 template <typename T>
 __global__ void Im2ColKernel(DeformableConv2DGeometry g, const T* input, const T* offsets,
                              const T* mask, int64_t row0, int64_t rows, T* col) {
-  const int64_t total = rows * g.taps() * g.channels;
-  E2E_TF_GRID_LOOP(e, total) {
-    const int64_t c = e % g.channels;
-    const int64_t tap = (e / g.channels) % g.taps();
-    const int64_t r = e / (g.channels * g.taps());
-    const int64_t og = c / g.channels_per_offset_group();
+  E2E_TF_GRID_LOOP(e, rows * g.col_width()) {
+    const ColumnEntry x = ColumnEntryAt(g, e);
     BilinearSample<T> s;
     T value = T(0);
-    if (SampleAt(g, offsets, row0 + r, tap, og, &s)) {
+    if (SampleAt(g, offsets, row0 + x.r, x.tap, x.og, &s)) {
       for (int k = 0; k < 4; ++k) {
-        if (s.index[k] >= 0) value += s.weight[k] * input[s.index[k] + c];
+        if (s.index[k] >= 0) value += s.weight[k] * input[s.index[k] + x.c];
       }
-      value *= MaskAt(g, mask, row0 + r, tap, og);
+      value *= MaskAt(g, mask, row0 + x.r, x.tap, x.og);
     }
-    col[r * g.col_width() + g.column(tap, c)] = value;
+    col[x.r * g.col_width() + g.column(x.tap, x.c)] = value;
   }
 }
 
@@ -102,10 +95,7 @@ __global__ void CoordinateGradKernel(DeformableConv2DGeometry g, const T* input,
       }
       CoordinateGradients(s, dots, MaskAt(g, mask, row, tap, og), &grad_dy, &grad_dx, &grad_m);
     }
-    T* go = grad_offsets + row * 2 * g.offset_groups * g.taps() + og * 2 * g.taps();
-    go[2 * tap] = grad_dy;
-    go[2 * tap + 1] = grad_dx;
-    if (grad_mask != nullptr) grad_mask[(row * g.offset_groups + og) * g.taps() + tap] = grad_m;
+    StoreCoordinateGradients(g, row, tap, og, grad_dy, grad_dx, grad_m, grad_offsets, grad_mask);
   }
 }
 
@@ -113,18 +103,14 @@ __global__ void CoordinateGradKernel(DeformableConv2DGeometry g, const T* input,
 template <typename T>
 __global__ void Col2ImKernel(DeformableConv2DGeometry g, const T* offsets, const T* mask,
                              const T* grad_col, int64_t row0, int64_t rows, T* grad_input) {
-  const int64_t total = rows * g.taps() * g.channels;
-  E2E_TF_GRID_LOOP(e, total) {
-    const int64_t c = e % g.channels;
-    const int64_t tap = (e / g.channels) % g.taps();
-    const int64_t r = e / (g.channels * g.taps());
-    const int64_t og = c / g.channels_per_offset_group();
+  E2E_TF_GRID_LOOP(e, rows * g.col_width()) {
+    const ColumnEntry x = ColumnEntryAt(g, e);
     BilinearSample<T> s;
-    if (!SampleAt(g, offsets, row0 + r, tap, og, &s)) continue;
-    const T gc = grad_col[r * g.col_width() + g.column(tap, c)] *
-                 MaskAt(g, mask, row0 + r, tap, og);
+    if (!SampleAt(g, offsets, row0 + x.r, x.tap, x.og, &s)) continue;
+    const T gc = grad_col[x.r * g.col_width() + g.column(x.tap, x.c)] *
+                 MaskAt(g, mask, row0 + x.r, x.tap, x.og);
     for (int k = 0; k < 4; ++k) {
-      if (s.index[k] >= 0) atomicAdd(grad_input + s.index[k] + c, s.weight[k] * gc);
+      if (s.index[k] >= 0) atomicAdd(grad_input + s.index[k] + x.c, s.weight[k] * gc);
     }
   }
 }

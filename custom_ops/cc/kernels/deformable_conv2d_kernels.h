@@ -14,8 +14,12 @@
 
 #if defined(__CUDACC__)
 #define E2E_TF_HOST_DEVICE __host__ __device__
+#define E2E_TF_ALWAYS_INLINE inline
 #else
 #define E2E_TF_HOST_DEVICE
+// The per-sample helpers sit in the CPU kernels' innermost loops, where GCC does not
+// always inline them on its own.
+#define E2E_TF_ALWAYS_INLINE inline __attribute__((always_inline))
 #endif
 
 namespace e2e_tf {
@@ -61,6 +65,15 @@ struct DeformableConv2DGeometry {
     const int64_t cg = channels_per_group();
     const int64_t g = c / cg;
     return g * group_col_width() + tap * cg + (c - g * cg);
+  }
+  // Element of (dy, dx) of output row `row`, tap `tap`, offset group `og` in the
+  // (N, Ho, Wo, 2 * offset_groups * taps) offsets (and their gradient).
+  E2E_TF_HOST_DEVICE int64_t offset_index(int64_t row, int64_t tap, int64_t og) const {
+    return row * 2 * offset_groups * taps() + og * 2 * taps() + 2 * tap;
+  }
+  // Element of the same sample in the (N, Ho, Wo, offset_groups * taps) mask.
+  E2E_TF_HOST_DEVICE int64_t mask_index(int64_t row, int64_t tap, int64_t og) const {
+    return (row * offset_groups + og) * taps() + tap;
   }
 };
 
@@ -121,6 +134,32 @@ E2E_TF_HOST_DEVICE inline A BaseX(const DeformableConv2DGeometry& g, int64_t ox,
   return A(ox * g.stride_w - g.pad_left + int64_t{j} * g.dilation_w);
 }
 
+// Corners of the deformed sampling point of output row `row` (n, oy, ox), tap
+// `tap` and offset group `og`; false when it touches no pixel (see BilinearCorners).
+template <typename A>
+E2E_TF_HOST_DEVICE E2E_TF_ALWAYS_INLINE bool SampleAt(const DeformableConv2DGeometry& g,
+                                                      const A* offsets, int64_t row,
+                                                      int64_t tap, int64_t og,
+                                                      BilinearSample<A>* s) {
+  const int64_t n = row / g.out_pixels();
+  const int64_t pixel = row - n * g.out_pixels();
+  const int64_t oy = pixel / g.out_width;
+  const int64_t ox = pixel - oy * g.out_width;
+  const int i = static_cast<int>(tap / g.kernel_w);
+  const int j = static_cast<int>(tap - int64_t{i} * g.kernel_w);
+  const A* d = offsets + g.offset_index(row, tap, og);
+  return BilinearCorners<A>(BaseY<A>(g, oy, i) + d[0], BaseX<A>(g, ox, j) + d[1], n, g.height,
+                            g.width, g.channels, s);
+}
+
+// The sample's modulation: 1 without a mask (DCNv1).
+template <typename A>
+E2E_TF_HOST_DEVICE E2E_TF_ALWAYS_INLINE A MaskAt(const DeformableConv2DGeometry& g,
+                                                 const A* mask, int64_t row, int64_t tap,
+                                                 int64_t og) {
+  return mask == nullptr ? A(1) : mask[g.mask_index(row, tap, og)];
+}
+
 // Gradients of one sample w.r.t. (dy, dx) and the mask, given the dot products
 // s_k = sum_c grad_col[c] * corner_k[c] over the offset group's channels. This is
 // autodiff of (1-ly)(1-lx)v00 + (1-ly)lx v01 + ly(1-lx)v10 + ly lx v11 with
@@ -135,6 +174,17 @@ E2E_TF_HOST_DEVICE inline void CoordinateGradients(const BilinearSample<A>& s, c
   *grad_dx = mask * (hy * (dots[1] - dots[0]) + s.ly * (dots[3] - dots[2]));
   *grad_mask = s.weight[0] * dots[0] + s.weight[1] * dots[1] + s.weight[2] * dots[2] +
                s.weight[3] * dots[3];
+}
+
+// Writes one sample's offset gradients and, with a mask, its mask gradient.
+template <typename A>
+E2E_TF_HOST_DEVICE E2E_TF_ALWAYS_INLINE void StoreCoordinateGradients(
+    const DeformableConv2DGeometry& g, int64_t row, int64_t tap, int64_t og, A grad_dy,
+    A grad_dx, A grad_m, A* grad_offsets, A* grad_mask) {
+  A* go = grad_offsets + g.offset_index(row, tap, og);
+  go[0] = grad_dy;
+  go[1] = grad_dx;
+  if (grad_mask != nullptr) grad_mask[g.mask_index(row, tap, og)] = grad_m;
 }
 
 #if GOOGLE_CUDA

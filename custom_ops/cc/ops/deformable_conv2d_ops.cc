@@ -157,20 +157,25 @@ absl::Status InferShapes(InferenceContext* c, ShapeHandle* output, ShapeHandle* 
 
 }  // namespace
 
+// The attributes of both ops (ReadAttrs checks their values): one list, so that the
+// gradient op always accepts the forward op's attributes.
+#define E2E_TF_DEFORMABLE_CONV2D_ATTRS                \
+  Attr("T: {half, bfloat16, float, double}")          \
+      .Attr("strides: list(int) = [1, 1]")            \
+      .Attr("pads: list(int) = [0, 0, 0, 0]")         \
+      .Attr("dilations: list(int) = [1, 1]")          \
+      .Attr("groups: int = 1")                        \
+      .Attr("offset_groups: int = 1")                 \
+      .Attr("use_mask: bool = false")                 \
+      .Attr("chunk_rows: int = 0")
+
 REGISTER_OP("E2eTf>DeformableConv2D")
     .Input("input: T")
     .Input("offsets: T")
     .Input("kernel: T")
     .Input("mask: T")
     .Output("output: T")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("strides: list(int) = [1, 1]")
-    .Attr("pads: list(int) = [0, 0, 0, 0]")
-    .Attr("dilations: list(int) = [1, 1]")
-    .Attr("groups: int = 1")
-    .Attr("offset_groups: int = 1")
-    .Attr("use_mask: bool = false")
-    .Attr("chunk_rows: int = 0")
+    .E2E_TF_DEFORMABLE_CONV2D_ATTRS
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle output, mask;
       TF_RETURN_IF_ERROR(InferShapes(c, &output, &mask));
@@ -201,14 +206,7 @@ REGISTER_OP("E2eTf>DeformableConv2DGrad")
     .Output("grad_offsets: T")
     .Output("grad_mask: T")
     .Output("grad_kernel: T")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("strides: list(int) = [1, 1]")
-    .Attr("pads: list(int) = [0, 0, 0, 0]")
-    .Attr("dilations: list(int) = [1, 1]")
-    .Attr("groups: int = 1")
-    .Attr("offset_groups: int = 1")
-    .Attr("use_mask: bool = false")
-    .Attr("chunk_rows: int = 0")
+    .E2E_TF_DEFORMABLE_CONV2D_ATTRS
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle output, mask, grad_output;
       TF_RETURN_IF_ERROR(InferShapes(c, &output, &mask));
@@ -228,5 +226,7 @@ Gradients of E2eTf>DeformableConv2D w.r.t. input, offsets, mask and kernel.
 grad_mask is empty when use_mask is false. Offset gradients are right-hand
 derivatives at integer sampling coordinates.
 )doc");
+
+#undef E2E_TF_DEFORMABLE_CONV2D_ATTRS
 
 }  // namespace e2e_tf
