@@ -485,6 +485,16 @@ absl::Status AllocateBuffer(OpKernelContext* ctx, int64_t n, Tensor* buffer) {
   return ctx->allocate_temp(DataTypeToEnum<T>::value, TensorShape({n}), buffer);
 }
 
+// The column buffer of one chunk, whose rows (`*chunk`) fit `budget` together with
+// `extra_bytes_per_row` of other per-row scratch.
+template <typename T>
+absl::Status AllocateColumns(OpKernelContext* ctx, const DeformableConv2DGeometry& g,
+                             int64_t attr_rows, int64_t budget, int64_t extra_bytes_per_row,
+                             int64_t* chunk, Tensor* col) {
+  *chunk = ChunkRows(g, attr_rows, g.col_width() * sizeof(T) + extra_bytes_per_row, budget);
+  return AllocateBuffer<T>(ctx, *chunk * g.col_width(), col);
+}
+
 template <typename Device, typename T>
 struct Launcher;
 
@@ -493,9 +503,9 @@ struct Launcher<CpuTag, T> {
   static absl::Status Forward(OpKernelContext* ctx, const DeformableConv2DGeometry& g,
                               int64_t attr_rows, const T* input, const T* offsets,
                               const T* kernel, const T* mask, T* output) {
-    const int64_t chunk = ChunkRows(g, attr_rows, g.col_width() * sizeof(T), kCpuChunkBytes);
+    int64_t chunk = 0;
     Tensor col;
-    TF_RETURN_IF_ERROR(AllocateBuffer<T>(ctx, chunk * g.col_width(), &col));
+    TF_RETURN_IF_ERROR(AllocateColumns<T>(ctx, g, attr_rows, kCpuChunkBytes, 0, &chunk, &col));
     CpuForward(CpuParallelFor(ctx), g, input, offsets, kernel, mask, output, col.flat<T>().data(),
                chunk);
     return absl::OkStatus();
@@ -506,10 +516,10 @@ struct Launcher<CpuTag, T> {
                                const T* kernel, const T* mask, const T* grad_output,
                                T* grad_input, T* grad_offsets, T* grad_mask, T* grad_kernel) {
     const int64_t plan_row = g.taps() * g.offset_groups * sizeof(PlanEntry<T>);
-    const int64_t chunk =
-        ChunkRows(g, attr_rows, g.col_width() * sizeof(T) + plan_row, kCpuChunkBytes);
+    int64_t chunk = 0;
     Tensor col, kernel_t, plan;
-    TF_RETURN_IF_ERROR(AllocateBuffer<T>(ctx, chunk * g.col_width(), &col));
+    TF_RETURN_IF_ERROR(AllocateColumns<T>(ctx, g, attr_rows, kCpuChunkBytes, plan_row, &chunk,
+                                          &col));
     TF_RETURN_IF_ERROR(AllocateBuffer<T>(ctx, g.group_col_width() * g.filters, &kernel_t));
     TF_RETURN_IF_ERROR(AllocateBuffer<int8_t>(ctx, chunk * plan_row, &plan));
     CpuBackward(CpuParallelFor(ctx), ctx->device()->tensorflow_cpu_worker_threads()->num_threads,
@@ -547,9 +557,9 @@ struct Launcher<GpuTag, T> {
   static absl::Status Forward(OpKernelContext* ctx, const DeformableConv2DGeometry& g,
                               int64_t attr_rows, const T* input, const T* offsets,
                               const T* kernel, const T* mask, T* output) {
-    const int64_t chunk = ChunkRows(g, attr_rows, g.col_width() * sizeof(T), kGpuChunkBytes);
+    int64_t chunk = 0;
     Tensor col;
-    TF_RETURN_IF_ERROR(AllocateBuffer<T>(ctx, chunk * g.col_width(), &col));
+    TF_RETURN_IF_ERROR(AllocateColumns<T>(ctx, g, attr_rows, kGpuChunkBytes, 0, &chunk, &col));
     return CudaStatus(gpu::DeformableConv2DForward<T>(GpuStream(ctx), g, input, offsets, kernel,
                                                       mask, output, col.flat<T>().data(),
                                                       chunk));
@@ -559,9 +569,9 @@ struct Launcher<GpuTag, T> {
                                int64_t attr_rows, const T* input, const T* offsets,
                                const T* kernel, const T* mask, const T* grad_output,
                                T* grad_input, T* grad_offsets, T* grad_mask, T* grad_kernel) {
-    const int64_t chunk = ChunkRows(g, attr_rows, g.col_width() * sizeof(T), kGpuChunkBytes);
+    int64_t chunk = 0;
     Tensor col, kernel_t;
-    TF_RETURN_IF_ERROR(AllocateBuffer<T>(ctx, chunk * g.col_width(), &col));
+    TF_RETURN_IF_ERROR(AllocateColumns<T>(ctx, g, attr_rows, kGpuChunkBytes, 0, &chunk, &col));
     TF_RETURN_IF_ERROR(AllocateBuffer<T>(ctx, g.group_col_width() * g.filters, &kernel_t));
     return CudaStatus(gpu::DeformableConv2DBackward<T>(
         GpuStream(ctx), g, input, offsets, kernel, mask, grad_output, grad_input, grad_offsets,

@@ -32,22 +32,26 @@ inline const char* LastError() {
   return error == cudaSuccess ? "" : cudaGetErrorString(error);
 }
 
-// Column-buffer entry e of a chunk, e = (r * taps + tap) * C + c: channels innermost,
-// so that neighbouring threads read neighbouring input channels.
+// Entry e = (r * taps + tap) * C + c of the chunk starting at row0: channels
+// innermost, so that neighbouring threads read neighbouring input channels.
 struct ColumnEntry {
-  int64_t r;    // chunk-relative row
+  int64_t row;  // output row (n, oy, ox)
   int64_t tap;
   int64_t c;    // input channel
   int64_t og;   // offset group of c
+  int64_t col;  // element of the chunk's column buffer
 };
 
-__device__ inline ColumnEntry ColumnEntryAt(const DeformableConv2DGeometry& g, int64_t e) {
-  ColumnEntry entry;
-  entry.c = e % g.channels;
-  entry.tap = (e / g.channels) % g.taps();
-  entry.r = e / (g.channels * g.taps());
-  entry.og = entry.c / g.channels_per_offset_group();
-  return entry;
+__device__ inline ColumnEntry ColumnEntryAt(const DeformableConv2DGeometry& g, int64_t row0,
+                                            int64_t e) {
+  ColumnEntry x;
+  x.c = e % g.channels;
+  x.tap = (e / g.channels) % g.taps();
+  const int64_t r = e / (g.channels * g.taps());
+  x.row = row0 + r;
+  x.og = x.c / g.channels_per_offset_group();
+  x.col = r * g.col_width() + g.column(x.tap, x.c);
+  return x;
 }
 
 // One thread per column entry (row, tap, channel).
@@ -55,16 +59,16 @@ template <typename T>
 __global__ void Im2ColKernel(DeformableConv2DGeometry g, const T* input, const T* offsets,
                              const T* mask, int64_t row0, int64_t rows, T* col) {
   E2E_TF_GRID_LOOP(e, rows * g.col_width()) {
-    const ColumnEntry x = ColumnEntryAt(g, e);
+    const ColumnEntry x = ColumnEntryAt(g, row0, e);
     BilinearSample<T> s;
     T value = T(0);
-    if (SampleAt(g, offsets, row0 + x.r, x.tap, x.og, &s)) {
+    if (SampleAt(g, offsets, x.row, x.tap, x.og, &s)) {
       for (int k = 0; k < 4; ++k) {
         if (s.index[k] >= 0) value += s.weight[k] * input[s.index[k] + x.c];
       }
-      value *= MaskAt(g, mask, row0 + x.r, x.tap, x.og);
+      value *= MaskAt(g, mask, x.row, x.tap, x.og);
     }
-    col[x.r * g.col_width() + g.column(x.tap, x.c)] = value;
+    col[x.col] = value;
   }
 }
 
@@ -104,11 +108,10 @@ template <typename T>
 __global__ void Col2ImKernel(DeformableConv2DGeometry g, const T* offsets, const T* mask,
                              const T* grad_col, int64_t row0, int64_t rows, T* grad_input) {
   E2E_TF_GRID_LOOP(e, rows * g.col_width()) {
-    const ColumnEntry x = ColumnEntryAt(g, e);
+    const ColumnEntry x = ColumnEntryAt(g, row0, e);
     BilinearSample<T> s;
-    if (!SampleAt(g, offsets, row0 + x.r, x.tap, x.og, &s)) continue;
-    const T gc = grad_col[x.r * g.col_width() + g.column(x.tap, x.c)] *
-                 MaskAt(g, mask, row0 + x.r, x.tap, x.og);
+    if (!SampleAt(g, offsets, x.row, x.tap, x.og, &s)) continue;
+    const T gc = grad_col[x.col] * MaskAt(g, mask, x.row, x.tap, x.og);
     for (int k = 0; k < 4; ++k) {
       if (s.index[k] >= 0) atomicAdd(grad_input + s.index[k] + x.c, s.weight[k] * gc);
     }
@@ -308,22 +311,29 @@ const char* DeformableConv2DBackward(void* stream_handle, const DeformableConv2D
   return LastError();
 }
 
-const char* CastHalfToFloat(void* stream, const uint16_t* in, float* out, int64_t n,
-                            bool is_bfloat16) {
+namespace {
+
+// Runs an elementwise conversion kernel over n elements.
+template <typename In, typename Out>
+const char* LaunchCast(void (*kernel)(const In*, Out*, int64_t, bool), void* stream,
+                       const In* in, Out* out, int64_t n, bool is_bfloat16) {
   if (n > 0) {
-    HalfToFloatKernel<<<Blocks(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-        in, out, n, is_bfloat16);
+    kernel<<<Blocks(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(in, out, n,
+                                                                          is_bfloat16);
   }
   return LastError();
 }
 
+}  // namespace
+
+const char* CastHalfToFloat(void* stream, const uint16_t* in, float* out, int64_t n,
+                            bool is_bfloat16) {
+  return LaunchCast(HalfToFloatKernel, stream, in, out, n, is_bfloat16);
+}
+
 const char* CastFloatToHalf(void* stream, const float* in, uint16_t* out, int64_t n,
                             bool is_bfloat16) {
-  if (n > 0) {
-    FloatToHalfKernel<<<Blocks(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-        in, out, n, is_bfloat16);
-  }
-  return LastError();
+  return LaunchCast(FloatToHalfKernel, stream, in, out, n, is_bfloat16);
 }
 
 #define E2E_TF_INSTANTIATE(T)                                                               \
