@@ -14,7 +14,8 @@ affects each alike. The table gives, over --steps timed steps, the median wall t
 its ratio to the first variant, and the same from process CPU time (steadier when the machine
 is shared); the load average during timing is printed with it.
 
-  python bench/model_step_bench.py --batch_size=8 --image_size=224 --variants=plain,e2e
+  python bench/model_step_bench.py --batch_size=8 --image_size=224 --variants=plain,e2e \
+      --implementation=custom_op --implementation=pure_tf
 """
 
 import os
@@ -50,8 +51,12 @@ _NUM_LABELS = flags.DEFINE_integer("num_labels", 260, "Number of keywords M (Cor
 _DEFORMABLE_STAGES = flags.DEFINE_integer(
     "deformable_stages", 1, "Last stages made deformable in the deformable and e2e variants."
 )
-_IMPLEMENTATION = flags.DEFINE_enum(
-    "implementation", "auto", ["auto", "custom_op", "pure_tf"], "DeformableConv2D implementation."
+_IMPLEMENTATIONS = flags.DEFINE_multi_enum(
+    "implementation",
+    ["auto"],
+    ["auto", "custom_op", "pure_tf"],
+    "DeformableConv2D implementation(s); repeat the flag to time the deformable variants with each "
+    "in the same run (e.g. --implementation=custom_op --implementation=pure_tf).",
 )
 _JIT_COMPILE = flags.DEFINE_enum(
     "jit_compile", "auto", ["auto", "true", "false"], "XLA for the train step (Keras' auto: off on CPU)."
@@ -61,7 +66,7 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps before timing.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps; the median is reported.")
 
 
-def build_variant(name: str, image_size: tuple[int, int]) -> keras.Model:
+def build_variant(name: str, implementation: str, image_size: tuple[int, int]) -> keras.Model:
     """Builds and compiles one variant for RMSProp + binary cross-entropy on logits."""
     variant = VARIANTS[name]
     model = build_model(
@@ -69,7 +74,7 @@ def build_variant(name: str, image_size: tuple[int, int]) -> keras.Model:
         backbone=_BACKBONE.value,
         deformable_stages=_DEFORMABLE_STAGES.value if variant["deformable"] else 0,
         spp=variant["spp"],
-        deformable_implementation=_IMPLEMENTATION.value,
+        deformable_implementation=implementation,
         image_size=image_size,
     )
     jit_compile = {"auto": "auto", "true": True, "false": False}[_JIT_COMPILE.value]
@@ -106,17 +111,23 @@ def main(argv):
     labels = (rng.uniform(size=(_BATCH_SIZE.value, _NUM_LABELS.value)) < 0.02).astype("float32")
 
     devices = [d.device_type for d in tf.config.list_physical_devices()]
-    resolved = ops.resolve_implementation(_IMPLEMENTATION.value, warn=False)
+    resolved = {i: ops.resolve_implementation(i, warn=False) for i in _IMPLEMENTATIONS.value}
     print(
         f"backbone={_BACKBONE.value} batch={_BATCH_SIZE.value} image={size}x{size} "
         f"M={_NUM_LABELS.value} deformable_stages={_DEFORMABLE_STAGES.value} "
-        f"implementation={_IMPLEMENTATION.value}->{resolved} "
+        f"implementation={resolved} "
         f"jit_compile={_JIT_COMPILE.value} mixed_precision={_MIXED_PRECISION.value} "
         f"warmup={_WARMUP.value} steps={_STEPS.value}"
     )
     print(f"devices={devices} cpus={os.cpu_count()} tf={tf.__version__} keras={keras.__version__}")
 
-    models = {name: build_variant(name, images.shape[1:3]) for name in _VARIANTS.value}
+    models = {}
+    for name in _VARIANTS.value:
+        # A variant without deformable layers is the same model whatever the implementation.
+        implementations = _IMPLEMENTATIONS.value if VARIANTS[name]["deformable"] else ["auto"]
+        for implementation in implementations:
+            label = name if len(implementations) == 1 else f"{name}[{resolved[implementation]}]"
+            models[label] = build_variant(name, implementation, images.shape[1:3])
     for model in models.values():
         for _ in range(_WARMUP.value):
             model.train_on_batch(images, labels)
@@ -134,14 +145,15 @@ def main(argv):
     # CPU seconds count the work done whatever the machine's load: on a shared CPU the ratio of
     # images per CPU-second is steadier than the wall-clock ratio.
     baseline = next(iter(models))
-    print(f"\n{'variant':<11} {'params':>11} {'wall ms':>9} {'images/s':>9} {'vs ' + baseline:>9} "
+    print(f"\n{'variant':<21} {'params':>11} {'wall ms':>9} {'images/s':>9} {'vs ' + baseline:>9} "
           f"{'cpu s':>7} {'img/cpu-s':>9} {'vs ' + baseline:>9}")
     for name, model in models.items():
         wall, cpu = statistics.median(walls[name]), statistics.median(cpus[name])
         wall_ratio = statistics.median(walls[baseline]) / wall
         cpu_ratio = statistics.median(cpus[baseline]) / cpu
-        print(f"{name:<11} {model.count_params():>11,} {wall * 1e3:>9.1f} {_BATCH_SIZE.value / wall:>9.2f} "
+        print(f"{name:<21} {model.count_params():>11,} {wall * 1e3:>9.1f} {_BATCH_SIZE.value / wall:>9.2f} "
               f"{wall_ratio:>8.2f}x {cpu:>7.3f} {_BATCH_SIZE.value / cpu:>9.2f} {cpu_ratio:>8.2f}x")
+
 
 if __name__ == "__main__":
     app.run(main)
