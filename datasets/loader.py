@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 from e2e_tf import data_location
 
 SPLITS = ("train", "test", "train_fit", "validation")
+DATASETS = ("corel5k", "espgame", "iaprtc12", "visual_concepts")
 VALIDATION_BUCKETS = 10
 
 # Where each real dataset's manual files sit under `data_location.shared_data_dir()`.
@@ -66,13 +67,19 @@ def load(
         (dataset of {"image", "file_name", "labels"} dicts, in TFDS's stored
         order, which is fixed for a given build, info).
     """
+    if name not in DATASETS:
+        raise ValueError(f"name must be one of {DATASETS}. Received: name={name!r}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}. Received: split={split!r}")
     builder = tfds.builder(name, data_dir=data_dir)
     manual_dir = manual_dir if manual_dir is not None else default_manual_dir(name)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
-    )
+    try:
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+        )
+    except AssertionError as error:
+        # TFDS reports a missing or empty manual directory with an assert.
+        raise FileNotFoundError(str(error)) from error
     dataset = builder.as_dataset(split="test" if split == "test" else "train", decoders=decoders)
     if split == "validation":
         dataset = dataset.filter(lambda example: in_validation(example["file_name"]))

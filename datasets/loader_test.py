@@ -53,3 +53,8 @@ def test_multi_hot_of_one_image_and_of_batches():
     assert datasets.multi_hot([1], 3).dtype == tf.float32
     with pytest.raises(ValueError, match=r"Received: labels.shape=\(\)"):
         datasets.multi_hot(1, 3)
+
+
+def test_load_refuses_a_dataset_that_is_not_one_of_the_project_builders(tmp_path):
+    with pytest.raises(ValueError, match=r"name must be one of .*Received: name='coco'"):
+        loader.load("coco", "test", data_dir=tmp_path)

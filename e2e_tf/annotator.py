@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 DEFAULT_TOP_K = 5
 SAVED_MODEL_FILENAME = "saved_model.pb"
 

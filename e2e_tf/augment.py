@@ -4,7 +4,7 @@ Reads the `train_fit` split (training minus the validation images, which must ne
 training through augmentation) and writes TFRecord shards that training reads with
 `--augmentation=mlwgan --augmented_dir=...`:
 
-  python -m e2e_tf.augment --dataset=corel5k --manual_dir=../shared/data/corel5k \
+  python -m e2e_tf.augment --dataset=corel5k --manual_dir=../shared/data/corel5k/Lihit__SML/DataSet \
       --output_dir=runs/corel5k_aug --method=both --image_size=64 --images_per_step=16
 
 A killed run continues where it stopped when rerun with the same flags. Several machines split

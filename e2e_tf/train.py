@@ -11,6 +11,7 @@ import sys
 
 from absl import app, flags, logging
 
+from e2e_tf.backbones import BACKBONES
 from e2e_tf.preprocessing import RESIZE_POLICIES
 from e2e_tf.training.config import AUGMENTATIONS, DATASETS, TrainConfig
 from e2e_tf.training.distribute import STRATEGIES
@@ -40,7 +41,8 @@ flags.DEFINE_string("augmented_dir", None, "Output folder of `python -m e2e_tf.a
 flags.DEFINE_bool("cache", True, "Keep the decoded images in memory after the first epoch.")
 flags.DEFINE_integer("shuffle_buffer", 2048, "Examples in the shuffle buffer.")
 # Model.
-flags.DEFINE_string("backbone", "resnet50", "Backbone: vgg16, vgg19, resnet50, resnet101, resnet152 or compact (small, from scratch, for CPUs).")
+flags.DEFINE_enum("backbone", "resnet50", sorted(BACKBONES),
+                  "Backbone: vgg16, vgg19, resnet50, resnet101, resnet152 or compact (small, from scratch, for CPUs).")
 flags.DEFINE_integer("deformable_stages", 1, "How many of the backbone's last stages use deformable 3x3 convolutions (0: none).")
 flags.DEFINE_bool("spp", True, "Spatial pyramid pooling after the backbone (--nospp: global pooling only).")
 flags.DEFINE_float("dropout", 0.5, "Dropout rate before the output layer.")
@@ -91,7 +93,10 @@ def main(argv):
         config = TrainConfig(**{name: FLAGS[name].value for name in TrainConfig.__dataclass_fields__})
     except ValueError as e:
         raise app.UsageError(str(e)) from e
-    train_and_evaluate(config, flags_text=_flags_text())
+    try:
+        train_and_evaluate(config, flags_text=_flags_text())
+    except (ValueError, FileNotFoundError) as e:  # bad data, model dir or flag values: no traceback
+        sys.exit(f"e2e_tf.train: error: {e}")
 
 
 if __name__ == "__main__":

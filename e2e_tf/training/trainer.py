@@ -31,6 +31,11 @@ from e2e_tf.training.selection import SaveBestModel
 from e2e_tf.training.state import SaveTrainingState, TrainingState
 
 FLAGS_FILE = "flags.txt"
+# Flags that only say where data lives, how long to train or how to run: a resumed run may change them.
+FLAGS_ALLOWED_TO_CHANGE_ON_RESUME = frozenset(
+    {"epochs", "steps", "verbose", "model_dir", "data_dir", "manual_dir", "cache", "strategy",
+     "deformable_implementation"}
+)
 TEST_METRICS_FILE = "test_metrics.json"
 REPORTED_METRICS = ("precision", "recall", "f1", "n_plus", "map", "map_excluded_labels")
 
@@ -56,6 +61,7 @@ def train_and_evaluate(config: TrainConfig, flags_text: Optional[str] = None) ->
     work_dir = model_dir if role.is_chief else model_dir / "workers" / f"{role.task_type}_{role.task_id}"
     work_dir.mkdir(parents=True, exist_ok=True)
     if flags_text is not None:
+        check_same_run(work_dir / FLAGS_FILE, flags_text)
         atomic_write_text(work_dir / FLAGS_FILE, flags_text)
 
     train_examples, info = _load(config, "train_fit" if config.validation else "train", config.max_train_examples)
@@ -136,6 +142,43 @@ def train_and_evaluate(config: TrainConfig, flags_text: Optional[str] = None) ->
             print(format_test_metrics(result), flush=True)
     sync_workers(strategy)
     return result
+
+
+def check_same_run(flags_file: pathlib.Path, flags_text: str) -> None:
+    """Refuses to resume the run in `flags_file`'s folder with flags that change the run.
+
+    Resuming restores weights, optimizer and selection state, so a model folder must not be
+    reused with another model, data or preprocessing; only the flags in
+    `FLAGS_ALLOWED_TO_CHANGE_ON_RESUME` may differ.
+    """
+    if not flags_file.exists():
+        return
+    previous, current = _parse_flags(flags_file.read_text()), _parse_flags(flags_text)
+    changed = sorted(
+        name
+        for name in previous.keys() | current.keys()
+        if name not in FLAGS_ALLOWED_TO_CHANGE_ON_RESUME and previous.get(name) != current.get(name)
+    )
+    if changed:
+        differences = "; ".join(f"--{name}: {previous.get(name)} -> {current.get(name)}" for name in changed)
+        raise ValueError(
+            f"{flags_file.parent} holds a run started with other flags ({differences}). "
+            "Use a new --model_dir, or remove that folder to start over."
+        )
+
+
+def _parse_flags(text: str) -> dict[str, str]:
+    """A flagfile's `--name=value` lines as {name: value}; boolean `--name`/`--noname` as "true"/"false"."""
+    parsed = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("--"):
+            continue
+        name, separator, value = line.removeprefix("--").partition("=")
+        if not separator:
+            name, value = (name[2:], "false") if name.startswith("no") else (name, "true")
+        parsed[name] = value
+    return parsed
 
 
 def evaluate_on_test(
