@@ -6,7 +6,10 @@ import tensorflow as tf
 
 from e2e_tf.augmentation.mlwgan import MLWGANConfig, MultiImageWGAN, model_axis_conv
 
-TINY = MLWGANConfig(image_size=8, noise_dim=8, generator_filters=4, critic_filters=4, batch_size=2)
+# Most tests run without XLA (compiling costs seconds); the ones parametrised over `jit` check the
+# compiled loop, which is what `python -m e2e_tf.augment` runs.
+TINY = MLWGANConfig(image_size=8, noise_dim=8, generator_filters=4, critic_filters=4, batch_size=2, jit_compile=False)
+TINY_XLA = MLWGANConfig(**{**TINY.__dict__, "jit_compile": True})
 SEEDS = np.array([[1, 2], [3, 4], [5, 6]])
 
 
@@ -69,6 +72,30 @@ def test_a_model_does_not_depend_on_the_other_models_in_its_group():
     model.reset(SEEDS[1:2])
     model.train_iterations(_real(3)[1:2], 3)  # model 1's seed and real image, trained alone
     np.testing.assert_allclose(model.sample(0).numpy()[0], together[1], atol=1e-3)
+
+
+def test_xla_loop_is_deterministic_clipped_and_keeps_models_independent():
+    """The XLA-compiled loop (what `e2e_tf.augment` runs); one compilation per model count."""
+    model = MultiImageWGAN(3, TINY_XLA)
+    model.reset(SEEDS)
+    kernels = [v for v in model.generator.trainable_variables + model.critic.trainable_variables if "kernel" in v.name]
+    before = [v.numpy() for v in kernels]
+    model.train_iterations(_real(), 3)
+    first = model.sample(0).numpy()
+    assert int(model.critic_iterations.numpy()) == 3 * TINY.critic_steps
+    assert max(float(tf.reduce_max(tf.abs(v))) for v in model.critic.trainable_variables) <= TINY.clip_value
+    for b, v in zip(before, kernels):  # every model's slice of every kernel moved
+        assert all(not np.array_equal(b[m], v.numpy()[m]) for m in range(3)), v.name
+    model.reset(SEEDS)
+    model.train_iterations(_real(), 3)
+    np.testing.assert_array_equal(model.sample(0).numpy(), first)
+    model.reset(SEEDS + 10)
+    model.train_iterations(_real(), 3)
+    assert not np.allclose(model.sample(0).numpy(), first)
+    alone = MultiImageWGAN(1, TINY_XLA)
+    alone.reset(SEEDS[1:2])
+    alone.train_iterations(_real(3)[1:2], 3)
+    np.testing.assert_allclose(alone.sample(0).numpy()[0], first[1], atol=1e-3)
 
 
 def test_samples_have_configured_size_and_pixel_range():

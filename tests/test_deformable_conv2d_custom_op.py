@@ -79,6 +79,13 @@ PARITY_CASES = {
     "batch_33_small_chunks": dict(batch=33, size=(4, 3), channels=2, filters=3,
                                   use_mask=True, chunk_rows=7),
     "huge_offsets": dict(offset_scale=1e3),
+    # Channel runs of 8 and more take the CPU's vectorised sampling loops; 10, 12 and 17
+    # also leave remainders, and runs split where groups and offset groups do not align.
+    "wide_offset_groups": dict(channels=20, filters=5, offset_groups=2, use_mask=True),
+    "wide_groups_and_offset_groups": dict(channels=24, filters=6, groups=3, offset_groups=2),
+    "wide_small_chunks": dict(batch=5, channels=17, filters=4, use_mask=True, chunk_rows=5),
+    # More than 64 filters: the CPU kernel-gradient GEMM packs its transposed operand.
+    "many_filters": dict(channels=3, filters=80),
 }
 
 

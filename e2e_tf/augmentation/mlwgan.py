@@ -30,10 +30,16 @@ layers use He initialisation; with DCGAN's N(0, 0.02) everywhere and no batch no
 generator's output stayed near mid-grey for hundreds of iterations.
 
 Two ways to run a convolution over the model axis, chosen by `conv_implementation` (measured by
-`bench/mlwgan_bench.py`): "unrolled" emits one `tf.nn.conv2d` per model inside the same graph
-(TF runs them in parallel); "batched_matmul" gathers patches and uses one batched matmul over the
-model axis. `tf.vectorized_map` cannot be used (Conv2D requires a loop-invariant filter) and a
-grouped convolution has no filter gradient on the CPU.
+`bench/mlwgan_bench.py`): "batched_matmul" gathers patches and uses one batched matmul over the
+model axis, so the graph has the same size for 1 or 64 models; "unrolled" emits one
+`tf.nn.conv2d` per model inside the same graph. `tf.vectorized_map` cannot be used (Conv2D
+requires a loop-invariant filter) and a grouped convolution has no filter gradient on the CPU
+(under XLA it has one, but XLA's CPU backend expands it into a dense convolution M times larger).
+
+What makes many small GANs fast on a CPU is not a kernel but the absence of per-op overhead:
+`train_iterations` compiles its whole loop with XLA (`jit_compile`, on by default), which fuses
+the thousands of tiny ops of a step; every op of the graph is independent of the number of
+models, so one compilation (tens of seconds) serves any number of groups of the same shape.
 
 Training-loop style: a `keras.Model` subclass whose `train_step` is one generator iteration (so
 `fit` works on a dataset whose elements are the stacked real images), plus `train_iterations`,
@@ -71,7 +77,9 @@ class MLWGANConfig:
       heavy_critic_every: 0 disables (the reference uses 500).
       real_jitter: standard deviation of Gaussian noise added to each copy of the real image
         (in [-1, 1] units); 0 feeds the image itself.
-      conv_implementation: "unrolled" or "batched_matmul" (see module docstring).
+      conv_implementation: "batched_matmul" or "unrolled" (see module docstring).
+      jit_compile: compile `train_iterations` with XLA (see module docstring). The random
+        numbers of an XLA run differ from those of a run without it; each is deterministic.
     """
 
     image_size: int = 64
@@ -88,7 +96,8 @@ class MLWGANConfig:
     initial_generator_steps: int = 0
     heavy_critic_every: int = 0
     real_jitter: float = 0.0
-    conv_implementation: str = "unrolled"
+    conv_implementation: str = "batched_matmul"
+    jit_compile: bool = True
 
     def __post_init__(self):
         size = self.image_size
@@ -255,19 +264,17 @@ def _sample_norm(x: tf.Tensor) -> tf.Tensor:
 
 
 def _per_model_normal(seeds: tf.Tensor, shape: list, counter: tf.Tensor, stream: int) -> tf.Tensor:
-    """[M, *shape] normal noise; model m's draw depends only on (seeds[m], stream, counter)."""
+    """[M, *shape] normal noise; model m's draw depends only on (seeds[m], stream, counter).
+
+    `map_fn` keeps one copy of the sampling ops in the graph whatever the number of models.
+    """
     counter = tf.cast(counter, tf.int32)
-    return tf.stack(
-        [
-            tf.random.stateless_normal(
-                shape,
-                seed=tf.random.experimental.stateless_fold_in(
-                    tf.random.experimental.stateless_fold_in(seeds[m], stream), counter
-                ),
-            )
-            for m in range(seeds.shape[0])
-        ]
-    )
+
+    def draw(seed):
+        fold = tf.random.experimental.stateless_fold_in
+        return tf.random.stateless_normal(shape, seed=fold(fold(seed, stream), counter))
+
+    return tf.map_fn(draw, seeds, fn_output_signature=tf.float32)
 
 
 _CRITIC_NOISE, _GENERATOR_NOISE, _JITTER_NOISE, _SAMPLE_NOISE, _INIT_CRITIC = 1, 2, 3, 4, 5
@@ -405,7 +412,7 @@ class MultiImageWGAN(keras.Model):
             raise ValueError(f"real images must have shape {expected}. Received: real.shape={tuple(real.shape)}")
         if self._train_iterations_fn is None:
 
-            @tf.function
+            @tf.function(jit_compile=self.config.jit_compile)
             def loop(real_images, count):
                 def body(i):
                     self._generator_iteration(real_images)

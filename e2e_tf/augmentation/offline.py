@@ -213,9 +213,12 @@ def _traced_augment(color: bool) -> Callable:
 class _GroupAugmenter:
     """Turns one group of source examples into serialized records."""
 
-    def __init__(self, settings: OfflineSettings, summary_writer: tf.summary.SummaryWriter):
+    def __init__(
+        self, settings: OfflineSettings, summary_writer: tf.summary.SummaryWriter, log: Callable[[str], None] = print
+    ):
         self.settings = settings
         self.summary_writer = summary_writer
+        self.log = log
         self.model = MultiImageWGAN(settings.images_per_step, settings.gan) if settings.uses_gan else None
         self._augment = _traced_augment(settings.traditional_color)
 
@@ -268,10 +271,16 @@ class _GroupAugmenter:
         snapshots = [[] for _ in sources]
         snapshot_at = set(settings.snapshot_iterations)
         events = sorted(snapshot_at | set(range(settings.log_every, settings.iterations + 1, settings.log_every)))
-        done = 0
+        done, start = 0, time.time()
         for event in events:
             wasserstein = model.train_iterations(real, event - done).numpy()
             done = event
+            rate = len(sources) * done / (time.time() - start)  # includes the XLA compilation of the first group
+            self.log(
+                f"  GAN iteration {done}/{settings.iterations} of {len(sources)} images: {rate:.1f} image-iterations/s, "
+                f"group ETA {_duration(len(sources) * (settings.iterations - done) / rate)}, "
+                f"mean Wasserstein estimate {float(wasserstein[: len(sources)].mean()):.4f}"
+            )
             with self.summary_writer.as_default(step=event):
                 for name, value in zip(names, wasserstein):
                     tf.summary.scalar(f"wasserstein/{name}", value)
@@ -322,7 +331,7 @@ def run_offline_augmentation(
             summary["groups_skipped"] += 1
             images_before += len(sources)
             continue
-        augmenter = augmenter or _GroupAugmenter(settings, summary_writer)
+        augmenter = augmenter or _GroupAugmenter(settings, summary_writer, log)
         record_file = f"augmented-{settings.shard_tag}-g{group:06d}{augmented_records.RECORD_SUFFIX}"
         count = augmented_records.write_records_atomically(output_dir / record_file, augmenter(sources))
         progress.mark_done(group, record_file, [_as_str(s["file_name"]) for s in sources], count)

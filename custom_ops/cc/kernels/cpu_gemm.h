@@ -28,6 +28,11 @@ struct MatrixView {
   int64_t col_stride;
 };
 
+// True when the CPU runs AVX2 and FMA: the build flags (tf.sysconfig's) enable
+// neither, so the fast code paths are compiled with target attributes and chosen
+// at run time.
+bool CpuHasAvx2Fma();
+
 // C = A * B (or C += A * B when `accumulate`), A: (m, k), B: (k, n), C row-major
 // with leading dimension ldc. Every element of C is summed in the same order
 // whatever the number of threads.

@@ -3,16 +3,19 @@
 //
 // Structure (as in a convolution by im2col): for a chunk of output pixels, sample
 // the deformed taps into a (rows, kh*kw*C) column buffer, then one GEMM per group.
-// Backward recomputes the columns, accumulates the kernel gradient, reuses the
-// buffer for the column gradient, then scatters it into the input gradient and
-// reduces it into the offset and mask gradients (in one pass per image when a chunk
-// holds an image per thread, else in two passes through a sampling plan). Every
-// loop is parallel on the CPU device's thread pool and each output element has a
-// single writer: no atomics, and results do not depend on the thread count.
+// Backward computes the column gradient (a GEMM), then one sampling pass reads each
+// sample's corners once to recompute its columns, reduce the column gradient into
+// the offset and mask gradients and scatter it into the input gradient (when a
+// chunk holds an image per thread; else the scatter is a second pass through a
+// sampling plan), then accumulates the kernel gradient (a GEMM on the columns).
+// The sampling loops run as AVX2+FMA code where the CPU has it. Every loop is
+// parallel on the CPU device's thread pool and each output element has a single
+// writer: no atomics, and results do not depend on the thread count.
 
 #define EIGEN_USE_THREADS
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -47,10 +50,21 @@ struct GpuTag {};
 
 namespace {
 
-// Column buffer (plus, backward, the sampling plan) per chunk: bounded so that
-// memory does not grow with the batch.
-constexpr int64_t kCpuChunkBytes = int64_t{64} << 20;
+// Column buffers (plus, backward, the sampling plan) per chunk: bounded so that
+// memory does not grow with the batch. On the CPU a chunk is small, so that its
+// buffers stay in the cache from the sampling pass to the GEMM and the allocator
+// hands back the same pages each call, yet at least kCpuMinChunkRows rows (up to
+// kCpuMaxChunkBytes), so that a large kernel gradient is not re-accumulated every
+// few rows.
+constexpr int64_t kCpuChunkBytes = int64_t{8} << 20;
+constexpr int64_t kCpuMaxChunkBytes = int64_t{64} << 20;
+constexpr int64_t kCpuMinChunkRows = 512;
 constexpr int64_t kGpuChunkBytes = int64_t{512} << 20;
+
+// The CPU budget of a chunk whose rows take `bytes_per_row`.
+int64_t CpuChunkBudget(int64_t bytes_per_row) {
+  return std::max(kCpuChunkBytes, std::min(kCpuMinChunkRows * bytes_per_row, kCpuMaxChunkBytes));
+}
 
 struct ConvAttrs {
   std::vector<int32_t> strides;
@@ -136,12 +150,17 @@ absl::Status MakeGeometry(const ConvAttrs& a, const TensorShape& input,
   return absl::OkStatus();
 }
 
-// Output pixels per chunk: the attribute when set, else what fits the budget.
+// Output pixels per chunk: the attribute when set, else what fits the budget, cut
+// at image boundaries (whole images, or equal parts of one) so that the passes that
+// split a chunk by image between the threads get balanced work.
 int64_t ChunkRows(const DeformableConv2DGeometry& g, int64_t attr_rows, int64_t bytes_per_row,
                   int64_t budget) {
   const int64_t rows = std::max<int64_t>(g.rows(), 1);
   if (attr_rows > 0) return std::min(attr_rows, rows);
-  return std::clamp<int64_t>(budget / std::max<int64_t>(bytes_per_row, 1), 1, rows);
+  const int64_t fit = std::clamp<int64_t>(budget / std::max<int64_t>(bytes_per_row, 1), 1, rows);
+  const int64_t image = std::max<int64_t>(g.out_pixels(), 1);
+  if (fit >= image) return fit / image * image;
+  return (image + (image + fit - 1) / fit - 1) / ((image + fit - 1) / fit);
 }
 
 // ---------------------------------------------------------------------------- CPU
@@ -155,10 +174,17 @@ ParallelFor CpuParallelFor(OpKernelContext* ctx) {
 }
 
 // A maximal run of channels [begin, end) in one offset group and one group.
+// Its columns are precomputed: the geometry's column() divides, and the sampling
+// passes need them for every sample.
 struct ChannelRun {
   int64_t offset_group;
   int64_t begin;
   int64_t end;
+  int64_t column0;     // column of channel `begin` at tap 0
+  int64_t tap_stride;  // columns between consecutive taps
+
+  // g.column(tap, begin).
+  int64_t Column(int64_t tap) const { return column0 + tap * tap_stride; }
 };
 
 std::vector<ChannelRun> ChannelRuns(const DeformableConv2DGeometry& g, int64_t begin,
@@ -169,7 +195,7 @@ std::vector<ChannelRun> ChannelRuns(const DeformableConv2DGeometry& g, int64_t b
   while (begin < end) {
     const int64_t og = begin / cog;
     const int64_t stop = std::min({end, (og + 1) * cog, (begin / cg + 1) * cg});
-    runs.push_back({og, begin, stop});
+    runs.push_back({og, begin, stop, g.column(0, begin), cg});
     begin = stop;
   }
   return runs;
@@ -205,6 +231,10 @@ RowRange ImageRows(const DeformableConv2DGeometry& g, int64_t row0, int64_t rows
           std::min(row0 + rows, (n + 1) * g.out_pixels()) - row0};
 }
 
+// Marks the lambdas of the sampling passes: they must inline into ParallelSampling's
+// AVX2 wrapper to be compiled for it.
+#define E2E_TF_SAMPLING_BODY __attribute__((always_inline))
+
 // A sample's corners with the mask folded into the weights (backward scatter plan).
 template <typename T>
 struct PlanEntry {
@@ -214,14 +244,15 @@ struct PlanEntry {
 
 // weight[k] = the sample's corner weight k times its mask value.
 template <typename T>
-inline void MaskedWeights(const BilinearSample<T>& s, T m, T weight[4]) {
+E2E_TF_ALWAYS_INLINE void MaskedWeights(const BilinearSample<T>& s, T m, T weight[4]) {
   for (int k = 0; k < 4; ++k) weight[k] = s.weight[k] * m;
 }
 
 // corner_k[c] += weight[k] * gc[c] for c in [0, len): one sample's col2im.
 template <typename T>
-inline void ScatterAdd(const T* __restrict__ gc, const int64_t index[4], const T weight[4],
-                       int64_t c0, int64_t len, T* grad_input) {
+E2E_TF_ALWAYS_INLINE void ScatterAdd(const T* __restrict__ gc, const int64_t index[4],
+                                     const T weight[4], int64_t c0, int64_t len,
+                                     T* grad_input) {
   for (int k = 0; k < 4; ++k) {
     if (index[k] < 0) continue;
     T* __restrict__ dst = grad_input + index[k] + c0;
@@ -232,8 +263,8 @@ inline void ScatterAdd(const T* __restrict__ gc, const int64_t index[4], const T
 
 // dst[c] = sum_k w_k * corner_k[c] for c in [0, len): the deformed im2col entry.
 template <typename T>
-void Interpolate(const T* input, const int64_t index[4], const T weight[4], int64_t c0,
-                 int64_t len, T* __restrict__ dst) {
+E2E_TF_ALWAYS_INLINE void Interpolate(const T* input, const int64_t index[4], const T weight[4],
+                                      int64_t c0, int64_t len, T* __restrict__ dst) {
   const T zero = T(0);
   const T* __restrict__ p0 = index[0] >= 0 ? input + index[0] + c0 : nullptr;
   const T* __restrict__ p1 = index[1] >= 0 ? input + index[1] + c0 : nullptr;
@@ -257,8 +288,9 @@ void Interpolate(const T* input, const int64_t index[4], const T weight[4], int6
 // dots[k] += sum_c gc[c] * corner_k[c], in 8 fixed lanes: vectorised, yet summed in
 // the same order on every run.
 template <typename T>
-void CornerDots(const T* __restrict__ gc, const T* input, const int64_t index[4], int64_t c0,
-                int64_t len, T dots[4]) {
+E2E_TF_ALWAYS_INLINE void CornerDots(const T* __restrict__ gc, const T* input,
+                                     const int64_t index[4], int64_t c0, int64_t len,
+                                     T dots[4]) {
   constexpr int kLanes = 8;
   for (int k = 0; k < 4; ++k) {
     if (index[k] < 0) continue;
@@ -275,72 +307,211 @@ void CornerDots(const T* __restrict__ gc, const T* input, const int64_t index[4]
   }
 }
 
+// Eight lanes of T as one GCC vector (CornerDots' lanes): it compiles to the widest
+// registers the enclosing function's target has (one AVX register of floats).
+template <typename T>
+struct EightLanes;
+template <>
+struct EightLanes<float> {
+  typedef float Type __attribute__((vector_size(8 * sizeof(float))));
+};
+template <>
+struct EightLanes<double> {
+  typedef double Type __attribute__((vector_size(8 * sizeof(double))));
+};
+
+// One pass over channels [c0, c0 + len) of a sample whose four corners are all in
+// the image: col[c] = sum_k weight[k] * corner_k[c] (as Interpolate), dots[k] +=
+// sum_c gc[c] * corner_k[c] (in CornerDots' lanes and order) and, when `grad_input` is
+// not null, corner_k[c] of it += weight[k] * gc[c] (as ScatterAdd). Each corner is
+// read once for all three.
+template <typename T>
+E2E_TF_ALWAYS_INLINE void InteriorSampleChannels(const T* __restrict__ gc, const T* input,
+                                                 const int64_t index[4], const T weight[4],
+                                                 int64_t c0, int64_t len,
+                                                 T* __restrict__ col, T dots[4],
+                                                 T* grad_input) {
+  constexpr int kLanes = 8;
+  using Lanes = typename EightLanes<T>::Type;
+  const auto load = [](const T* p) E2E_TF_SAMPLING_BODY {
+    Lanes v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  };
+  const T* __restrict__ v[4];
+  for (int k = 0; k < 4; ++k) v[k] = input + index[k] + c0;
+  const T w0 = weight[0], w1 = weight[1], w2 = weight[2], w3 = weight[3];
+  Lanes acc[4] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= len; c += kLanes) {
+    const Lanes g = load(gc + c);
+    const Lanes a0 = load(v[0] + c), a1 = load(v[1] + c), a2 = load(v[2] + c),
+                a3 = load(v[3] + c);
+    const Lanes out = w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3;
+    std::memcpy(col + c, &out, sizeof(out));
+    acc[0] += g * a0;
+    acc[1] += g * a1;
+    acc[2] += g * a2;
+    acc[3] += g * a3;
+  }
+  T tail[4] = {T(0), T(0), T(0), T(0)};
+  for (; c < len; ++c) {
+    col[c] = w0 * v[0][c] + w1 * v[1][c] + w2 * v[2][c] + w3 * v[3][c];
+    for (int k = 0; k < 4; ++k) tail[k] += gc[c] * v[k][c];
+  }
+  for (int k = 0; k < 4; ++k) {
+    T dot = tail[k];
+    for (int l = 0; l < kLanes; ++l) dot += acc[k][l];
+    dots[k] += dot;
+  }
+  if (grad_input != nullptr) ScatterAdd(gc, index, weight, c0, len, grad_input);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+// Runs body(begin, end) compiled for AVX2+FMA: the body and every helper it calls are
+// inlined here, so its loops over channels use 256-bit vectors.
+template <typename Body>
+__attribute__((target("avx2,fma"))) void RunAvx2(const Body& body, int64_t begin, int64_t end) {
+  body(begin, end);
+}
+#endif
+
+// parallel_for for a sampling pass: its body (marked E2E_TF_SAMPLING_BODY) runs as
+// AVX2+FMA code where the CPU has it, as the build flags' SSE2 code elsewhere.
+template <typename Body>
+void ParallelSampling(const ParallelFor& parallel_for, int64_t total, int64_t cost,
+                      const Body& body) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (CpuHasAvx2Fma()) {
+    parallel_for(total, cost, [&body](int64_t begin, int64_t end) { RunAvx2(body, begin, end); });
+    return;
+  }
+#endif
+  parallel_for(total, cost, body);
+}
+
+// Calls visit(r, tap, og, s, m) for every sample (tap, offset group) of chunk rows
+// [begin, end): `s` is its bilinear sample (null when it touches no pixel), `m` its
+// mask value. Decodes each row once, not once per sample.
+template <typename T, typename Visit>
+E2E_TF_ALWAYS_INLINE void ForEachSample(const DeformableConv2DGeometry& g, const T* offsets,
+                                        const T* mask, int64_t row0, int64_t begin,
+                                        int64_t end, const Visit& visit) {
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t row = row0 + r;
+    const OutputPixel pixel = PixelOf(g, row);
+    int64_t tap = 0;
+    for (int i = 0; i < g.kernel_h; ++i) {
+      for (int j = 0; j < g.kernel_w; ++j, ++tap) {
+        for (int og = 0; og < g.offset_groups; ++og) {
+          BilinearSample<T> s;
+          const bool inside = SampleTap(g, offsets, row, pixel, i, j, og, &s);
+          visit(r, tap, og, inside ? &s : nullptr, MaskAt(g, mask, row, tap, og));
+        }
+      }
+    }
+  }
+}
+
+// Writes one sample's entries of a row of the column buffer: the interpolated
+// channels of `runs` (one offset group's), zero when the sample touches no pixel.
+template <typename T>
+E2E_TF_ALWAYS_INLINE void WriteColumns(const DeformableConv2DGeometry& g,
+                                       const std::vector<ChannelRun>& runs, const T* input,
+                                       const BilinearSample<T>* s, const T weight[4],
+                                       int64_t tap, T* col_row) {
+  for (const ChannelRun& run : runs) {
+    T* dst = col_row + run.Column(tap);
+    if (s != nullptr) {
+      Interpolate(input, s->index, weight, run.begin, run.end - run.begin, dst);
+    } else {
+      std::fill(dst, dst + (run.end - run.begin), T(0));
+    }
+  }
+}
+
+// ForEachSample over all rows of the chunk, the rows split between the threads;
+// `cost_per_row` in cycles.
+template <typename T, typename Visit>
+void ParallelForEachSample(const ParallelFor& parallel_for, const DeformableConv2DGeometry& g,
+                           const T* offsets, const T* mask, int64_t row0, int64_t rows,
+                           int64_t cost_per_row, const Visit& visit) {
+  ParallelSampling(parallel_for, rows, cost_per_row,
+                   [&](int64_t begin, int64_t end) E2E_TF_SAMPLING_BODY {
+    ForEachSample(g, offsets, mask, row0, begin, end, visit);
+  });
+}
+
 // Fills the column buffer for rows [row0, row0 + rows).
 template <typename T>
 void CpuIm2Col(const ParallelFor& parallel_for, const DeformableConv2DGeometry& g,
                const T* input, const T* offsets, const T* mask, int64_t row0, int64_t rows,
                T* col) {
   const std::vector<std::vector<ChannelRun>> runs = OffsetGroupRuns(g);
-  parallel_for(rows, g.col_width() * 6, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t row = row0 + r;
-      T* col_row = col + r * g.col_width();
-      for (int64_t tap = 0; tap < g.taps(); ++tap) {
-        for (int og = 0; og < g.offset_groups; ++og) {
-          BilinearSample<T> s;
-          const bool inside = SampleAt(g, offsets, row, tap, og, &s);
-          const T m = MaskAt(g, mask, row, tap, og);
-          T weight[4] = {T(0), T(0), T(0), T(0)};
-          if (inside) MaskedWeights(s, m, weight);
-          for (const ChannelRun& run : runs[og]) {
-            T* dst = col_row + g.column(tap, run.begin);
-            if (inside) {
-              Interpolate(input, s.index, weight, run.begin, run.end - run.begin, dst);
-            } else {
-              std::fill(dst, dst + (run.end - run.begin), T(0));
-            }
-          }
-        }
-      }
-    }
+  ParallelForEachSample(parallel_for, g, offsets, mask, row0, rows, g.col_width() * 6,
+                        [&](int64_t r, int64_t tap, int og, const BilinearSample<T>* s,
+                            T m) E2E_TF_SAMPLING_BODY {
+    T weight[4] = {T(0), T(0), T(0), T(0)};
+    if (s != nullptr) MaskedWeights(*s, m, weight);
+    WriteColumns(g, runs[og], input, s, weight, tap, col + r * g.col_width());
   });
 }
 
-// Offset and mask gradients of rows [row0, row0 + rows) (one writer per row) and
-// the scatter plan for the input gradient.
+// The backward work of one sample that needs no other sample: its columns (for the
+// kernel gradient), its offset and mask gradients from the column gradient `gc_row`,
+// its masked corner weights and, when `grad_input` is not null, its share of the
+// input gradient.
+template <typename T>
+E2E_TF_ALWAYS_INLINE void SampleBackward(const DeformableConv2DGeometry& g,
+                                         const std::vector<ChannelRun>& runs, const T* input,
+                                         const T* gc_row, int64_t row0, int64_t r,
+                                         int64_t tap, int og, const BilinearSample<T>* s,
+                                         T m, T* col_row, T weight[4], T* grad_offsets,
+                                         T* grad_mask, T* grad_input) {
+  std::fill(weight, weight + 4, T(0));
+  if (s == nullptr) {
+    WriteColumns(g, runs, input, s, weight, tap, col_row);
+    StoreCoordinateGradients(g, row0 + r, tap, og, T(0), T(0), T(0), grad_offsets, grad_mask);
+    return;
+  }
+  MaskedWeights(*s, m, weight);
+  const bool interior = s->index[0] >= 0 && s->index[1] >= 0 && s->index[2] >= 0 &&
+                        s->index[3] >= 0;
+  T dots[4] = {T(0), T(0), T(0), T(0)};
+  for (const ChannelRun& run : runs) {
+    const T* gc = gc_row + run.Column(tap);
+    const int64_t len = run.end - run.begin;
+    if (interior) {
+      InteriorSampleChannels(gc, input, s->index, weight, run.begin, len,
+                             col_row + run.Column(tap), dots, grad_input);
+    } else {
+      CornerDots(gc, input, s->index, run.begin, len, dots);
+      if (grad_input != nullptr) ScatterAdd(gc, s->index, weight, run.begin, len, grad_input);
+    }
+  }
+  if (!interior) WriteColumns(g, runs, input, s, weight, tap, col_row);
+  T grad_dy, grad_dx, grad_m;
+  CoordinateGradients(*s, dots, m, &grad_dy, &grad_dx, &grad_m);
+  StoreCoordinateGradients(g, row0 + r, tap, og, grad_dy, grad_dx, grad_m, grad_offsets,
+                           grad_mask);
+}
+
+// Columns, offset and mask gradients of rows [row0, row0 + rows) (one writer per
+// row) and the scatter plan for the input gradient.
 template <typename T>
 void CpuCoordinateGrad(const ParallelFor& parallel_for, const DeformableConv2DGeometry& g,
                        const T* input, const T* offsets, const T* mask, const T* grad_col,
-                       int64_t row0, int64_t rows, T* grad_offsets, T* grad_mask,
+                       int64_t row0, int64_t rows, T* col, T* grad_offsets, T* grad_mask,
                        PlanEntry<T>* plan) {
   const std::vector<std::vector<ChannelRun>> runs = OffsetGroupRuns(g);
-  parallel_for(rows, g.col_width() * 8, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t row = row0 + r;
-      const T* gc_row = grad_col + r * g.col_width();
-      for (int64_t tap = 0; tap < g.taps(); ++tap) {
-        for (int og = 0; og < g.offset_groups; ++og) {
-          PlanEntry<T>& entry = plan[(r * g.taps() + tap) * g.offset_groups + og];
-          BilinearSample<T> s;
-          T grad_dy = T(0), grad_dx = T(0), grad_m = T(0);
-          if (SampleAt(g, offsets, row, tap, og, &s)) {
-            const T m = MaskAt(g, mask, row, tap, og);
-            T dots[4] = {T(0), T(0), T(0), T(0)};
-            std::copy(s.index, s.index + 4, entry.index);
-            MaskedWeights(s, m, entry.weight);
-            for (const ChannelRun& run : runs[og]) {
-              CornerDots(gc_row + g.column(tap, run.begin), input, s.index, run.begin,
-                         run.end - run.begin, dots);
-            }
-            CoordinateGradients(s, dots, m, &grad_dy, &grad_dx, &grad_m);
-          } else {
-            for (int k = 0; k < 4; ++k) entry.index[k] = -1;
-          }
-          StoreCoordinateGradients(g, row, tap, og, grad_dy, grad_dx, grad_m, grad_offsets,
-                                   grad_mask);
-        }
-      }
-    }
+  ParallelForEachSample(parallel_for, g, offsets, mask, row0, rows, g.col_width() * 12,
+                        [&](int64_t r, int64_t tap, int og, const BilinearSample<T>* s,
+                            T m) E2E_TF_SAMPLING_BODY {
+    PlanEntry<T>& entry = plan[(r * g.taps() + tap) * g.offset_groups + og];
+    SampleBackward(g, runs[og], input, grad_col + r * g.col_width(), row0, r, tap, og, s, m,
+                   col + r * g.col_width(), entry.weight, grad_offsets, grad_mask,
+                   static_cast<T*>(nullptr));
+    for (int k = 0; k < 4; ++k) entry.index[k] = s != nullptr ? s->index[k] : -1;
   });
 }
 
@@ -356,7 +527,8 @@ void CpuCol2Im(const ParallelFor& parallel_for, int threads, const DeformableCon
   const int64_t blocks = std::clamp<int64_t>((threads + images.count - 1) / images.count, 1,
                                              std::max<int64_t>(g.channels / 8, 1));
   const int64_t cost = std::min(rows, g.out_pixels()) * g.taps() * (g.channels / blocks) * 8;
-  parallel_for(images.count * blocks, cost, [&](int64_t u0, int64_t u1) {
+  ParallelSampling(parallel_for, images.count * blocks, cost,
+                   [&](int64_t u0, int64_t u1) E2E_TF_SAMPLING_BODY {
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t b = u % blocks;
       const std::vector<ChannelRun> runs =
@@ -368,7 +540,7 @@ void CpuCol2Im(const ParallelFor& parallel_for, int threads, const DeformableCon
           const PlanEntry<T>* entries = plan + (r * g.taps() + tap) * g.offset_groups;
           for (const ChannelRun& run : runs) {
             const PlanEntry<T>& e = entries[run.offset_group];
-            ScatterAdd(gc_row + g.column(tap, run.begin), e.index, e.weight, run.begin,
+            ScatterAdd(gc_row + run.Column(tap), e.index, e.weight, run.begin,
                        run.end - run.begin, grad_input);
           }
         }
@@ -377,45 +549,28 @@ void CpuCol2Im(const ParallelFor& parallel_for, int threads, const DeformableCon
   });
 }
 
-// Both backward sampling passes in one, for chunks holding at least one image per
-// thread: threads own whole images, so each reads the column gradient once and
-// needs no plan. Sums in the same order as CpuCoordinateGrad + CpuCol2Im.
+// CpuCoordinateGrad and CpuCol2Im in one pass, for chunks holding at least one image
+// per thread: threads own whole images, so each reads the column gradient once and
+// needs no plan. Sums in the same order as the two passes.
 template <typename T>
 void CpuFusedSamplingGrad(const ParallelFor& parallel_for, const DeformableConv2DGeometry& g,
                           const T* input, const T* offsets, const T* mask, const T* grad_col,
-                          int64_t row0, int64_t rows, T* grad_input, T* grad_offsets,
+                          int64_t row0, int64_t rows, T* col, T* grad_input, T* grad_offsets,
                           T* grad_mask) {
   const std::vector<std::vector<ChannelRun>> runs = OffsetGroupRuns(g);
   const ChunkImages images = ImagesOf(g, row0, rows);
-  const int64_t cost = std::min(rows, g.out_pixels()) * g.col_width() * 16;
-  parallel_for(images.count, cost, [&](int64_t u0, int64_t u1) {
+  const int64_t cost = std::min(rows, g.out_pixels()) * g.col_width() * 20;
+  ParallelSampling(parallel_for, images.count, cost,
+                   [&](int64_t u0, int64_t u1) E2E_TF_SAMPLING_BODY {
     for (int64_t n = images.first + u0; n < images.first + u1; ++n) {
       const RowRange image_rows = ImageRows(g, row0, rows, n);
-      for (int64_t r = image_rows.begin; r < image_rows.end; ++r) {
-        const int64_t row = row0 + r;
-        const T* gc_row = grad_col + r * g.col_width();
-        for (int64_t tap = 0; tap < g.taps(); ++tap) {
-          for (int og = 0; og < g.offset_groups; ++og) {
-            BilinearSample<T> s;
-            T grad_dy = T(0), grad_dx = T(0), grad_m = T(0);
-            if (SampleAt(g, offsets, row, tap, og, &s)) {
-              const T m = MaskAt(g, mask, row, tap, og);
-              T dots[4] = {T(0), T(0), T(0), T(0)};
-              T weight[4];
-              MaskedWeights(s, m, weight);
-              for (const ChannelRun& run : runs[og]) {
-                const T* gc = gc_row + g.column(tap, run.begin);
-                const int64_t len = run.end - run.begin;
-                CornerDots(gc, input, s.index, run.begin, len, dots);
-                ScatterAdd(gc, s.index, weight, run.begin, len, grad_input);
-              }
-              CoordinateGradients(s, dots, m, &grad_dy, &grad_dx, &grad_m);
-            }
-            StoreCoordinateGradients(g, row, tap, og, grad_dy, grad_dx, grad_m, grad_offsets,
-                                     grad_mask);
-          }
-        }
-      }
+      ForEachSample(g, offsets, mask, row0, image_rows.begin, image_rows.end,
+                    [&](int64_t r, int64_t tap, int og, const BilinearSample<T>* s,
+                        T m) E2E_TF_SAMPLING_BODY {
+        T weight[4];
+        SampleBackward(g, runs[og], input, grad_col + r * g.col_width(), row0, r, tap, og, s,
+                       m, col + r * g.col_width(), weight, grad_offsets, grad_mask, grad_input);
+      });
     }
   });
 }
@@ -437,12 +592,15 @@ void CpuForward(const ParallelFor& pf, const DeformableConv2DGeometry& g, const 
   }
 }
 
+// Per chunk: the column gradient (a GEMM), then one sampling pass that writes the
+// columns, the offset, mask and input gradients, then the kernel gradient (a GEMM
+// on the columns). `col` and `grad_col` each hold `chunk_rows` rows.
 template <typename T>
 void CpuBackward(const ParallelFor& pf, int threads, const DeformableConv2DGeometry& g,
-                 const T* input,
-                 const T* offsets, const T* kernel, const T* mask, const T* grad_output,
-                 T* grad_input, T* grad_offsets, T* grad_mask, T* grad_kernel, T* col,
-                 T* kernel_t, PlanEntry<T>* plan, int64_t chunk_rows) {
+                 const T* input, const T* offsets, const T* kernel, const T* mask,
+                 const T* grad_output, T* grad_input, T* grad_offsets, T* grad_mask,
+                 T* grad_kernel, T* col, T* grad_col, T* kernel_t, PlanEntry<T>* plan,
+                 int64_t chunk_rows) {
   const int64_t kg = g.group_col_width();
   const int64_t fg = g.filters_per_group();
   const int64_t kernel_size = kg * g.filters;
@@ -455,24 +613,23 @@ void CpuBackward(const ParallelFor& pf, int threads, const DeformableConv2DGeome
   for (int64_t row0 = 0; row0 < g.rows(); row0 += chunk_rows) {
     const int64_t rows = std::min(chunk_rows, g.rows() - row0);
     const T* go = grad_output + row0 * g.filters;
-    CpuIm2Col(pf, g, input, offsets, mask, row0, rows, col);
+    for (int grp = 0; grp < g.groups; ++grp) {
+      // grad_col_g = grad_output_g * kernel_g^T
+      Gemm<T>(pf, rows, kg, fg, {go + grp * fg, g.filters, 1}, {kernel_t + grp * fg * kg, kg, 1},
+              grad_col + grp * kg, g.col_width(), /*accumulate=*/false);
+    }
+    if (ImagesOf(g, row0, rows).count >= threads) {
+      CpuFusedSamplingGrad(pf, g, input, offsets, mask, grad_col, row0, rows, col, grad_input,
+                           grad_offsets, grad_mask);
+    } else {
+      CpuCoordinateGrad(pf, g, input, offsets, mask, grad_col, row0, rows, col, grad_offsets,
+                        grad_mask, plan);
+      CpuCol2Im(pf, threads, g, grad_col, plan, row0, rows, grad_input);
+    }
     for (int grp = 0; grp < g.groups; ++grp) {
       // grad_kernel_g += col_g^T * grad_output_g
       Gemm<T>(pf, kg, fg, rows, {col + grp * kg, 1, g.col_width()}, {go + grp * fg, g.filters, 1},
               grad_kernel + grp * fg, g.filters, /*accumulate=*/true);
-    }
-    for (int grp = 0; grp < g.groups; ++grp) {
-      // grad_col_g = grad_output_g * kernel_g^T, written over the columns.
-      Gemm<T>(pf, rows, kg, fg, {go + grp * fg, g.filters, 1}, {kernel_t + grp * fg * kg, kg, 1},
-              col + grp * kg, g.col_width(), /*accumulate=*/false);
-    }
-    if (ImagesOf(g, row0, rows).count >= threads) {
-      CpuFusedSamplingGrad(pf, g, input, offsets, mask, col, row0, rows, grad_input,
-                           grad_offsets, grad_mask);
-    } else {
-      CpuCoordinateGrad(pf, g, input, offsets, mask, col, row0, rows, grad_offsets, grad_mask,
-                        plan);
-      CpuCol2Im(pf, threads, g, col, plan, row0, rows, grad_input);
     }
   }
 }
@@ -505,7 +662,9 @@ struct Launcher<CpuTag, T> {
                               const T* kernel, const T* mask, T* output) {
     int64_t chunk = 0;
     Tensor col;
-    TF_RETURN_IF_ERROR(AllocateColumns<T>(ctx, g, attr_rows, kCpuChunkBytes, 0, &chunk, &col));
+    TF_RETURN_IF_ERROR(AllocateColumns<T>(ctx, g, attr_rows,
+                                          CpuChunkBudget(g.col_width() * sizeof(T)), 0, &chunk,
+                                          &col));
     CpuForward(CpuParallelFor(ctx), g, input, offsets, kernel, mask, output, col.flat<T>().data(),
                chunk);
     return absl::OkStatus();
@@ -517,15 +676,19 @@ struct Launcher<CpuTag, T> {
                                T* grad_input, T* grad_offsets, T* grad_mask, T* grad_kernel) {
     const int64_t plan_row = g.taps() * g.offset_groups * sizeof(PlanEntry<T>);
     int64_t chunk = 0;
-    Tensor col, kernel_t, plan;
-    TF_RETURN_IF_ERROR(AllocateColumns<T>(ctx, g, attr_rows, kCpuChunkBytes, plan_row, &chunk,
-                                          &col));
+    Tensor col, grad_col, kernel_t, plan;
+    // The column gradient is a second column buffer.
+    const int64_t extra_row = g.col_width() * sizeof(T) + plan_row;
+    TF_RETURN_IF_ERROR(AllocateColumns<T>(
+        ctx, g, attr_rows, CpuChunkBudget(g.col_width() * sizeof(T) + extra_row), extra_row,
+        &chunk, &col));
+    TF_RETURN_IF_ERROR(AllocateBuffer<T>(ctx, chunk * g.col_width(), &grad_col));
     TF_RETURN_IF_ERROR(AllocateBuffer<T>(ctx, g.group_col_width() * g.filters, &kernel_t));
     TF_RETURN_IF_ERROR(AllocateBuffer<int8_t>(ctx, chunk * plan_row, &plan));
     CpuBackward(CpuParallelFor(ctx), ctx->device()->tensorflow_cpu_worker_threads()->num_threads,
                 g, input, offsets, kernel, mask, grad_output, grad_input,
                 grad_offsets, grad_mask, grad_kernel, col.flat<T>().data(),
-                kernel_t.flat<T>().data(),
+                grad_col.flat<T>().data(), kernel_t.flat<T>().data(),
                 reinterpret_cast<PlanEntry<T>*>(plan.flat<int8_t>().data()), chunk);
     return absl::OkStatus();
   }

@@ -95,9 +95,10 @@ struct BilinearSample {
 // value is 0 but the right-hand derivative (the row-0 pixels) survives, as the
 // note's convention asks.
 template <typename A>
-E2E_TF_HOST_DEVICE inline bool BilinearCorners(A y, A x, int64_t n, int64_t height,
-                                               int64_t width, int64_t channels,
-                                               BilinearSample<A>* s) {
+E2E_TF_HOST_DEVICE E2E_TF_ALWAYS_INLINE bool BilinearCorners(A y, A x, int64_t n,
+                                                             int64_t height, int64_t width,
+                                                             int64_t channels,
+                                                             BilinearSample<A>* s) {
   if (!(y >= A(-1) && y < A(height) && x >= A(-1) && x < A(width))) return false;
   using std::floor;  // float and double overloads on the host and in CUDA device code
   const A fy = floor(y);
@@ -134,22 +135,42 @@ E2E_TF_HOST_DEVICE inline A BaseX(const DeformableConv2DGeometry& g, int64_t ox,
   return A(ox * g.stride_w - g.pad_left + int64_t{j} * g.dilation_w);
 }
 
-// Corners of the deformed sampling point of output row `row` (n, oy, ox), tap
-// `tap` and offset group `og`; false when it touches no pixel (see BilinearCorners).
+// Output pixel (n, oy, ox) of row `row` of the column buffer.
+struct OutputPixel {
+  int64_t n;
+  int64_t oy;
+  int64_t ox;
+};
+
+E2E_TF_HOST_DEVICE E2E_TF_ALWAYS_INLINE OutputPixel PixelOf(const DeformableConv2DGeometry& g,
+                                                          int64_t row) {
+  const int64_t n = row / g.out_pixels();
+  const int64_t pixel = row - n * g.out_pixels();
+  const int64_t oy = pixel / g.out_width;
+  return {n, oy, pixel - oy * g.out_width};
+}
+
+// Corners of the deformed sampling point of output row `row` (at pixel `p`), tap
+// (i, j) and offset group `og`; false when it touches no pixel (see BilinearCorners).
+template <typename A>
+E2E_TF_HOST_DEVICE E2E_TF_ALWAYS_INLINE bool SampleTap(const DeformableConv2DGeometry& g,
+                                                       const A* offsets, int64_t row,
+                                                       const OutputPixel& p, int i, int j,
+                                                       int64_t og, BilinearSample<A>* s) {
+  const A* d = offsets + g.offset_index(row, int64_t{i} * g.kernel_w + j, og);
+  return BilinearCorners<A>(BaseY<A>(g, p.oy, i) + d[0], BaseX<A>(g, p.ox, j) + d[1], p.n,
+                            g.height, g.width, g.channels, s);
+}
+
+// SampleTap for tap `tap` = i * kernel_w + j, decoding the row and tap itself.
 template <typename A>
 E2E_TF_HOST_DEVICE E2E_TF_ALWAYS_INLINE bool SampleAt(const DeformableConv2DGeometry& g,
                                                       const A* offsets, int64_t row,
                                                       int64_t tap, int64_t og,
                                                       BilinearSample<A>* s) {
-  const int64_t n = row / g.out_pixels();
-  const int64_t pixel = row - n * g.out_pixels();
-  const int64_t oy = pixel / g.out_width;
-  const int64_t ox = pixel - oy * g.out_width;
   const int i = static_cast<int>(tap / g.kernel_w);
   const int j = static_cast<int>(tap - int64_t{i} * g.kernel_w);
-  const A* d = offsets + g.offset_index(row, tap, og);
-  return BilinearCorners<A>(BaseY<A>(g, oy, i) + d[0], BaseX<A>(g, ox, j) + d[1], n, g.height,
-                            g.width, g.channels, s);
+  return SampleTap(g, offsets, row, PixelOf(g, row), i, j, og, s);
 }
 
 // The sample's modulation: 1 without a mask (DCNv1).
