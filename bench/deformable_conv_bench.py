@@ -66,14 +66,16 @@ def _step_fn(implementation: str, batch: int, size: int, channels: int):
         with tf.GradientTape() as tape:
             tape.watch(sources)
             loss = tf.reduce_sum(forward())
-        return tape.gradient(loss, sources)
+        # Returning the loss keeps the forward pass in the graph: the gradients of a plain sum do
+        # not need the output, so TensorFlow would otherwise prune the forward op from the step.
+        return [loss, *tape.gradient(loss, sources)]
 
     return step
 
 
 def _run(step) -> None:
-    for grad in step():
-        grad.numpy()  # wait for the result
+    for tensor in step():
+        tensor.numpy()  # wait for the result
 
 
 def _time_shapes(implementations: list[str], repeats: int) -> None:

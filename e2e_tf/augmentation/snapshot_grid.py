@@ -3,13 +3,14 @@
 The command line is `python -m e2e_tf.mlwgan_grid`.
 """
 
+import os
 import time
 from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from e2e_tf.augmentation.augmented_records import to_uint8
+from e2e_tf.augmentation.augmented_records import load_augmented_dataset, to_uint8
 from e2e_tf.augmentation.mlwgan import MLWGANConfig, MultiImageWGAN
 
 
@@ -35,6 +36,30 @@ def train_snapshots(
         if on_snapshot is not None:
             on_snapshot(np.stack(columns, axis=1), iteration, time.perf_counter() - start)
     return np.stack(columns, axis=1), time.perf_counter() - start
+
+
+def recorded_snapshots(augmented_dir: os.PathLike, source_names: list[str] | None, limit: int = 4) -> tuple[list[str], np.ndarray, list[int]]:
+    """The ML-WGAN snapshots that `python -m e2e_tf.augment` wrote, without training again.
+
+    Returns the source names (`source_names`, or the first `limit` sources found), their snapshots
+    [N, T, S, S, 3] uint8 ordered by iteration, and the T iterations (the same for every source).
+    """
+    found: dict[str, dict[int, np.ndarray]] = {}
+    for record in load_augmented_dataset(augmented_dir, with_metadata=True).as_numpy_iterator():
+        if record["method"].decode() != "mlwgan":
+            continue
+        name = record["source_file_name"].decode()
+        if source_names is None and name not in found and len(found) == limit:
+            continue
+        found.setdefault(name, {})[int(record["iteration"])] = record["image"]
+    names = source_names if source_names is not None else list(found)
+    missing = [n for n in names if n not in found]
+    if missing or not names:
+        raise ValueError(f"No ML-WGAN snapshots of {missing or 'any image'} in {augmented_dir}.")
+    iterations = sorted(found[names[0]])
+    if any(sorted(found[n]) != iterations for n in names):
+        raise ValueError(f"The sources in {augmented_dir} have snapshots at different iterations.")
+    return names, np.stack([[found[n][i] for i in iterations] for n in names]), iterations
 
 
 def snapshot_grid(sources: np.ndarray, snapshots: np.ndarray, titles: list[str], tile: int = 128) -> Image.Image:

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -21,7 +22,7 @@ namespace {
 
 constexpr int64_t kBlockK = 256;   // depth of one packed panel (B micro-panel ~16 KB: L1)
 constexpr int64_t kMaxBlockM = 96;  // rows of A per block (~96 KB of depth: L2)
-constexpr int64_t kBlockN = 1024;   // columns of B packed at once (~1 MB panel: L3)
+constexpr int64_t kMaxPanelBytes = int64_t{4} << 20;  // packed B, all depths (L3)
 constexpr int64_t kTargetTiles = 16;  // enough blocks of rows to balance the threads
 constexpr int64_t kParallelPackElements = 64 * 1024;  // smaller panels of B pack serially
 // A transposed A (the kernel gradient's columns) is read in place only for products
@@ -127,7 +128,11 @@ __attribute__((target("avx2,fma"))) void Avx2MicroKernel(int64_t kc, const ASliv
     acc[i][0] = acc[i][1] = Vec{};
     rows[i] = a.row[i];
   }
+  // A transposed A read in place steps a cache line (often a page) per depth, which
+  // the hardware prefetchers miss: fetch its rows 32 depths ahead.
+  const int64_t ahead = step > 6 ? 32 * step : 0;
   for (int64_t p = 0, offset = 0; p < kc; ++p, offset += step) {
+    if (ahead != 0) __builtin_prefetch(rows[0] + offset + ahead);
     const auto b0 = Load(b);
     const auto b1 = Load(b + kLanes);
 #pragma GCC unroll 6
@@ -202,6 +207,19 @@ void PackB(const MatrixView<T>& b, int64_t p0, int64_t kc, int64_t j0, int64_t n
   }
 }
 
+// Columns of B per packed panel: all of them when the whole (k, n) panel fits
+// kMaxPanelBytes, else equal NR-multiples that do. A panel holds every depth block,
+// so that one parallel section computes all of its depth: the threads never wait
+// for each other between depth blocks.
+template <int NR>
+int64_t PanelColumns(int64_t n, int64_t k, int64_t element_bytes) {
+  const int64_t slivers = (n + NR - 1) / NR;
+  const int64_t sliver_bytes = NR * k * element_bytes;
+  const int64_t panels = std::max<int64_t>(1, (slivers * sliver_bytes + kMaxPanelBytes - 1) /
+                                                   kMaxPanelBytes);
+  return (slivers + panels - 1) / panels * NR;
+}
+
 template <typename T, int MR, int NR>
 void PackedGemm(const ParallelFor& parallel_for, MicroKernel<T, MR> kernel, int64_t m, int64_t n,
                 int64_t k, const MatrixView<T>& a, const MatrixView<T>& b, T* c, int64_t ldc,
@@ -216,34 +234,40 @@ void PackedGemm(const ParallelFor& parallel_for, MicroKernel<T, MR> kernel, int6
   int64_t block_m = (m + kTargetTiles - 1) / kTargetTiles;
   block_m = std::min(kMaxBlockM, std::max<int64_t>(4 * MR, (block_m + MR - 1) / MR * MR));
   const int64_t m_blocks = (m + block_m - 1) / block_m;
+  const int64_t panel_n = PanelColumns<NR>(n, k, sizeof(T));
   // One packed panel of B is shared by all threads (packing it per tile would copy B
-  // once per block of rows); each thread packs its own blocks of A.
-  std::vector<T> packed_b(static_cast<size_t>(((std::min(n, kBlockN) + NR - 1) / NR) * NR *
-                                              std::min(k, kBlockK)));
-  for (int64_t j0 = 0; j0 < n; j0 += kBlockN) {
-    const int64_t nc = std::min(kBlockN, n - j0);
+  // once per block of rows); depth block p0 of it starts at p0 * (its padded width),
+  // sliver jr of that block at jr * kc. Each thread packs its own blocks of A.
+  std::unique_ptr<T[]> packed_b(new T[static_cast<size_t>(panel_n * k)]);
+  for (int64_t j0 = 0; j0 < n; j0 += panel_n) {
+    const int64_t nc = std::min(panel_n, n - j0);
     const int64_t slivers = (nc + NR - 1) / NR;
-    for (int64_t p0 = 0; p0 < k; p0 += kBlockK) {
-      const int64_t kc = std::min(kBlockK, k - p0);
-      const bool add = accumulate || p0 > 0;
-      const auto pack = [&](int64_t begin, int64_t end) {
-        for (int64_t s = begin; s < end; ++s) {
-          const int64_t jr = s * NR;
+    const auto pack = [&](int64_t begin, int64_t end) {
+      for (int64_t s = begin; s < end; ++s) {
+        const int64_t jr = s * NR;
+        for (int64_t p0 = 0; p0 < k; p0 += kBlockK) {
+          const int64_t kc = std::min(kBlockK, k - p0);
           PackB<T, NR>(b, p0, kc, j0 + jr, std::min<int64_t>(NR, nc - jr),
-                       packed_b.data() + jr * kc);
+                       packed_b.get() + p0 * slivers * NR + jr * kc);
         }
-      };
-      // A small panel packs faster than the threads synchronise.
-      if (nc * kc < kParallelPackElements) {
-        pack(0, slivers);
-      } else {
-        parallel_for(slivers, kc * NR * 2, pack);
       }
-      const int64_t cost = 2 * block_m * nc * kc / 16;  // ~16 flops a cycle
-      const bool pack_a = a.col_stride != 1 && nc > kMaxInPlaceTransposedN;
-      parallel_for(m_blocks, cost, [&](int64_t begin, int64_t end) {
-        thread_local std::vector<T> packed_a;
-        if (pack_a) packed_a.resize(static_cast<size_t>(kMaxBlockM * kBlockK));
+    };
+    // A small panel packs faster than the threads synchronise.
+    if (nc * k < kParallelPackElements) {
+      pack(0, slivers);
+    } else {
+      parallel_for(slivers, k * NR * 2, pack);
+    }
+    const int64_t cost = 2 * block_m * nc * k / 16;  // ~16 flops a cycle
+    const bool pack_a = a.col_stride != 1 && nc > kMaxInPlaceTransposedN;
+    // Every element of C is summed over the depth blocks in order, by one thread.
+    parallel_for(m_blocks, cost, [&](int64_t begin, int64_t end) {
+      thread_local std::vector<T> packed_a;
+      if (pack_a) packed_a.resize(static_cast<size_t>(kMaxBlockM * kBlockK));
+      for (int64_t p0 = 0; p0 < k; p0 += kBlockK) {
+        const int64_t kc = std::min(kBlockK, k - p0);
+        const bool add = accumulate || p0 > 0;
+        const T* panel = packed_b.get() + p0 * slivers * NR;
         for (int64_t block = begin; block < end; ++block) {
           const int64_t i0 = block * block_m;
           const int64_t mc = std::min(block_m, m - i0);
@@ -255,12 +279,12 @@ void PackedGemm(const ParallelFor& parallel_for, MicroKernel<T, MR> kernel, int6
               kernel(kc,
                      pack_a ? PackedSliver<T, MR>(packed_a.data() + ir * kc)
                             : SliverOf<T, MR>(a, i0 + ir, mr, p0),
-                     packed_b.data() + jr * kc, c + (i0 + ir) * ldc + j0 + jr, ldc, add, mr, nr);
+                     panel + jr * kc, c + (i0 + ir) * ldc + j0 + jr, ldc, add, mr, nr);
             }
           }
         }
-      });
-    }
+      }
+    });
   }
 }
 

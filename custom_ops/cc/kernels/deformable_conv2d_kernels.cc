@@ -10,7 +10,9 @@
 // sampling plan), then accumulates the kernel gradient (a GEMM on the columns).
 // The sampling loops run as AVX2+FMA code where the CPU has it. Every loop is
 // parallel on the CPU device's thread pool and each output element has a single
-// writer: no atomics, and results do not depend on the thread count.
+// writer: no atomics, and results are the same on every run. They depend on the
+// thread count only through the chunk size (CpuChunkBudget), which groups the
+// kernel gradient's sum by chunk; the other outputs do not depend on it.
 
 #define EIGEN_USE_THREADS
 
@@ -53,17 +55,23 @@ namespace {
 // Column buffers (plus, backward, the sampling plan) per chunk: bounded so that
 // memory does not grow with the batch. On the CPU a chunk is small, so that its
 // buffers stay in the cache from the sampling pass to the GEMM and the allocator
-// hands back the same pages each call, yet at least kCpuMinChunkRows rows (up to
-// kCpuMaxChunkBytes), so that a large kernel gradient is not re-accumulated every
-// few rows.
+// hands back the same pages each call, yet at least kCpuMinChunkRows rows and an
+// image per thread (up to kCpuMaxChunkBytes): a large kernel gradient is not
+// re-accumulated every few rows, and the backward pass splits whole images between
+// the threads (its fused path, see CpuBackward).
 constexpr int64_t kCpuChunkBytes = int64_t{8} << 20;
 constexpr int64_t kCpuMaxChunkBytes = int64_t{64} << 20;
 constexpr int64_t kCpuMinChunkRows = 512;
 constexpr int64_t kGpuChunkBytes = int64_t{512} << 20;
 
-// The CPU budget of a chunk whose rows take `bytes_per_row`.
-int64_t CpuChunkBudget(int64_t bytes_per_row) {
-  return std::max(kCpuChunkBytes, std::min(kCpuMinChunkRows * bytes_per_row, kCpuMaxChunkBytes));
+// The CPU budget of a chunk whose rows take `bytes_per_row`, on `threads` threads.
+int64_t CpuChunkBudget(const DeformableConv2DGeometry& g, int threads, int64_t bytes_per_row) {
+  const int64_t rows = std::max(kCpuMinChunkRows, threads * g.out_pixels());
+  return std::max(kCpuChunkBytes, std::min(rows * bytes_per_row, kCpuMaxChunkBytes));
+}
+
+int CpuThreads(OpKernelContext* ctx) {
+  return ctx->device()->tensorflow_cpu_worker_threads()->num_threads;
 }
 
 struct ConvAttrs {
@@ -323,8 +331,9 @@ struct EightLanes<double> {
 // One pass over channels [c0, c0 + len) of a sample whose four corners are all in
 // the image: col[c] = sum_k weight[k] * corner_k[c] (as Interpolate), dots[k] +=
 // sum_c gc[c] * corner_k[c] (in CornerDots' lanes and order) and, when `grad_input` is
-// not null, corner_k[c] of it += weight[k] * gc[c] (as ScatterAdd). Each corner is
-// read once for all three.
+// not null, corner_k[c] of it += weight[k] * gc[c] (as ScatterAdd). Each corner and
+// the column gradient are read once for all three (the four corners of the input
+// gradient are distinct pixels, so each of its elements is still added once).
 template <typename T>
 E2E_TF_ALWAYS_INLINE void InteriorSampleChannels(const T* __restrict__ gc, const T* input,
                                                  const int64_t index[4], const T weight[4],
@@ -343,16 +352,38 @@ E2E_TF_ALWAYS_INLINE void InteriorSampleChannels(const T* __restrict__ gc, const
   const T w0 = weight[0], w1 = weight[1], w2 = weight[2], w3 = weight[3];
   Lanes acc[4] = {};
   int64_t c = 0;
-  for (; c + kLanes <= len; c += kLanes) {
-    const Lanes g = load(gc + c);
-    const Lanes a0 = load(v[0] + c), a1 = load(v[1] + c), a2 = load(v[2] + c),
-                a3 = load(v[3] + c);
-    const Lanes out = w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3;
-    std::memcpy(col + c, &out, sizeof(out));
-    acc[0] += g * a0;
-    acc[1] += g * a1;
-    acc[2] += g * a2;
-    acc[3] += g * a3;
+  const auto sample = [&](auto scatter) E2E_TF_SAMPLING_BODY {
+    T* dst[4];
+    if constexpr (decltype(scatter)::value) {
+      for (int k = 0; k < 4; ++k) dst[k] = grad_input + index[k] + c0;
+    }
+    for (; c + kLanes <= len; c += kLanes) {
+      const Lanes g = load(gc + c);
+      const Lanes a0 = load(v[0] + c), a1 = load(v[1] + c), a2 = load(v[2] + c),
+                  a3 = load(v[3] + c);
+      const Lanes out = w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3;
+      std::memcpy(col + c, &out, sizeof(out));
+      acc[0] += g * a0;
+      acc[1] += g * a1;
+      acc[2] += g * a2;
+      acc[3] += g * a3;
+      if constexpr (decltype(scatter)::value) {
+        for (int k = 0; k < 4; ++k) {
+          const Lanes sum = load(dst[k] + c) + weight[k] * g;
+          std::memcpy(dst[k] + c, &sum, sizeof(sum));
+        }
+      }
+    }
+    if constexpr (decltype(scatter)::value) {
+      for (int64_t t = c; t < len; ++t) {
+        for (int k = 0; k < 4; ++k) dst[k][t] += weight[k] * gc[t];
+      }
+    }
+  };
+  if (grad_input != nullptr) {
+    sample(std::true_type{});
+  } else {
+    sample(std::false_type{});
   }
   T tail[4] = {T(0), T(0), T(0), T(0)};
   for (; c < len; ++c) {
@@ -364,7 +395,6 @@ E2E_TF_ALWAYS_INLINE void InteriorSampleChannels(const T* __restrict__ gc, const
     for (int l = 0; l < kLanes; ++l) dot += acc[k][l];
     dots[k] += dot;
   }
-  if (grad_input != nullptr) ScatterAdd(gc, index, weight, c0, len, grad_input);
 }
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -662,9 +692,8 @@ struct Launcher<CpuTag, T> {
                               const T* kernel, const T* mask, T* output) {
     int64_t chunk = 0;
     Tensor col;
-    TF_RETURN_IF_ERROR(AllocateColumns<T>(ctx, g, attr_rows,
-                                          CpuChunkBudget(g.col_width() * sizeof(T)), 0, &chunk,
-                                          &col));
+    const int64_t budget = CpuChunkBudget(g, CpuThreads(ctx), g.col_width() * sizeof(T));
+    TF_RETURN_IF_ERROR(AllocateColumns<T>(ctx, g, attr_rows, budget, 0, &chunk, &col));
     CpuForward(CpuParallelFor(ctx), g, input, offsets, kernel, mask, output, col.flat<T>().data(),
                chunk);
     return absl::OkStatus();
@@ -679,15 +708,15 @@ struct Launcher<CpuTag, T> {
     Tensor col, grad_col, kernel_t, plan;
     // The column gradient is a second column buffer.
     const int64_t extra_row = g.col_width() * sizeof(T) + plan_row;
-    TF_RETURN_IF_ERROR(AllocateColumns<T>(
-        ctx, g, attr_rows, CpuChunkBudget(g.col_width() * sizeof(T) + extra_row), extra_row,
-        &chunk, &col));
+    const int64_t budget =
+        CpuChunkBudget(g, CpuThreads(ctx), g.col_width() * sizeof(T) + extra_row);
+    TF_RETURN_IF_ERROR(
+        AllocateColumns<T>(ctx, g, attr_rows, budget, extra_row, &chunk, &col));
     TF_RETURN_IF_ERROR(AllocateBuffer<T>(ctx, chunk * g.col_width(), &grad_col));
     TF_RETURN_IF_ERROR(AllocateBuffer<T>(ctx, g.group_col_width() * g.filters, &kernel_t));
     TF_RETURN_IF_ERROR(AllocateBuffer<int8_t>(ctx, chunk * plan_row, &plan));
-    CpuBackward(CpuParallelFor(ctx), ctx->device()->tensorflow_cpu_worker_threads()->num_threads,
-                g, input, offsets, kernel, mask, grad_output, grad_input,
-                grad_offsets, grad_mask, grad_kernel, col.flat<T>().data(),
+    CpuBackward(CpuParallelFor(ctx), CpuThreads(ctx), g, input, offsets, kernel, mask,
+                grad_output, grad_input, grad_offsets, grad_mask, grad_kernel, col.flat<T>().data(),
                 grad_col.flat<T>().data(), kernel_t.flat<T>().data(),
                 reinterpret_cast<PlanEntry<T>*>(plan.flat<int8_t>().data()), chunk);
     return absl::OkStatus();
