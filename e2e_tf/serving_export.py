@@ -94,6 +94,7 @@ class ServingModule(tf.Module):
         # its own traced serving function (pixels -> logits) to the SavedModel.
         self.model_variables = list(model.variables)
         self._model_fn = functools.partial(model, training=False)
+        self._num_labels = int(model.output_shape[-1])
         self.vocabulary_file = tf.saved_model.Asset(vocabulary_file)
         self._keywords = tf.lookup.StaticHashTable(
             tf.lookup.TextFileInitializer(
@@ -132,8 +133,15 @@ class ServingModule(tf.Module):
         }
 
     def _annotate(self, pixels: tf.Tensor) -> dict:
-        logits = self._model_fn(pixels)
-        probabilities = tf.sigmoid(tf.cast(logits, tf.float32))
+        # An empty request never reaches the model: TensorFlow's oneDNN convolutions (on by
+        # default on CPUs with AVX512-VNNI or newer) return their input unchanged for an
+        # empty batch, which the next layer then rejects.
+        logits = tf.cond(
+            tf.shape(pixels)[0] > 0,
+            lambda: tf.cast(self._model_fn(pixels), tf.float32),
+            lambda: tf.zeros([0, self._num_labels], tf.float32),
+        )
+        probabilities = tf.sigmoid(logits)
         scores, indices = tf.math.top_k(probabilities, k=self._top_k)
         keywords = self._keywords.lookup(tf.cast(indices, tf.int64))
         return {"keywords": keywords, "scores": scores, "probabilities": probabilities}
