@@ -8,11 +8,17 @@ Measures (images x generator iterations) / s, in the same run, for:
   vectorised:     `--images` GANs at once (each with its own weights), one traced loop;
   vectorised_xla: the same compiled with XLA (what `python -m e2e_tf.augment` runs).
 Tracing and XLA compilation are excluded from the rates (each variant runs one warm-up iteration
-first) and printed separately: a compilation is paid once per process and group shape. Example:
+first) and printed separately: a compilation is paid once per process and group shape.
+
+To show how far any variant is from what the machine can do, the script also counts the matmul
+work of one image-iteration from the traced graph (forward and backward, 5 critic updates + 1
+generator update) and times one large float32 matmul in the same run: the large matmul's rate over
+that work is an upper bound on image-iterations/s for any implementation on this machine. Example:
 
   python bench/mlwgan_bench.py --image_size=16 --filters=8 --images=16 --iterations=20
 """
 
+import math
 import time
 
 import numpy as np
@@ -79,6 +85,41 @@ def _measure(variant: str, images: np.ndarray, seeds: np.ndarray, iterations: in
     return warm_up, time.perf_counter() - start
 
 
+_MATMUL_OPS = ("MatMul", "BatchMatMulV2", "BatchMatMulV3")
+
+
+def _matmul_flops(function) -> int:
+    """Floating-point operations of the matmuls in `function`'s traced graph (2 per multiply-add)."""
+    flops = 0
+    for op in tf.function(function).get_concrete_function().graph.get_operations():
+        if op.type in _MATMUL_OPS:
+            transposed = op.get_attr("adj_x" if op.type != "MatMul" else "transpose_a")
+            lhs = op.inputs[0].shape
+            depth = lhs[-2] if transposed else lhs[-1]
+            flops += 2 * math.prod(op.outputs[0].shape) * depth
+    return flops
+
+
+def _matmul_flops_per_image_iteration() -> float:
+    """Matmul work of one generator iteration of one GAN (critic_steps critic updates + 1 generator update)."""
+    model = MultiImageWGAN(1, _config(jit_compile=False))
+    real = tf.zeros([1, _IMAGE_SIZE.value, _IMAGE_SIZE.value, 3])
+    critic = _matmul_flops(lambda: model.critic_step(real))
+    return model.config.critic_steps * critic + _matmul_flops(model.generator_step)
+
+
+def _large_matmul_flops_per_second(size: int = 1024, repeats: int = 20) -> float:
+    """This machine's float32 rate on one large square matmul (XLA-compiled), the compute ceiling."""
+    a, b = tf.random.normal([size, size]), tf.random.normal([size, size])
+    matmul = tf.function(tf.matmul, jit_compile=True)
+    matmul(a, b).numpy()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        result = matmul(a, b)
+    result.numpy()
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
 def main(argv):
     del argv
     count, size, iterations = _IMAGES.value, _IMAGE_SIZE.value, _ITERATIONS.value
@@ -95,13 +136,23 @@ def main(argv):
         warm_up, seconds = _measure(variant, images, seeds, iterations)
         rates[variant] = count * iterations / seconds
         print(f"  {_DESCRIPTIONS[variant]}: warm-up (trace/compile) {warm_up:.1f} s, run {seconds:.2f} s", flush=True)
+    work = _matmul_flops_per_image_iteration()
+    peak = _large_matmul_flops_per_second()
+    print(
+        f"\nMatmul work per image-iteration: {work / 1e6:.0f} MFLOP; one 1024x1024 matmul here runs at "
+        f"{peak / 1e9:.0f} GFLOP/s, so no implementation exceeds ~{peak / work:.0f} image-iterations/s on this machine."
+    )
     baselines = [b for b in ("per_step", "loop_xla") if b in rates]
     header = " | ".join(f"vs {_DESCRIPTIONS[b]}" for b in baselines)
-    print(f"\n| variant | image-iterations/s | ms per image-iteration | {header} |")
-    print("|---|---|---|" + "---|" * len(baselines))
+    print(f"\n| variant | image-iterations/s | ms per image-iteration | matmul GFLOP/s (% of large matmul) | {header} |")
+    print("|---|---|---|---|" + "---|" * len(baselines))
     for variant, rate in rates.items():
         ratios = " | ".join(f"{rate / rates[b]:.2f}x" for b in baselines)
-        print(f"| {_DESCRIPTIONS[variant]} | {rate:.1f} | {1000 / rate:.1f} | {ratios} |")
+        achieved = rate * work
+        print(
+            f"| {_DESCRIPTIONS[variant]} | {rate:.1f} | {1000 / rate:.1f} | "
+            f"{achieved / 1e9:.1f} ({100 * achieved / peak:.0f}%) | {ratios} |"
+        )
 
 
 if __name__ == "__main__":

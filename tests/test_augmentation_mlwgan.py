@@ -108,14 +108,27 @@ def test_samples_have_configured_size_and_pixel_range():
     assert images.min() >= 0.0 and images.max() <= 255.0
 
 
-def test_unrolled_and_batched_matmul_convolutions_agree():
-    x = tf.random.stateless_normal([2, 3, 8, 8, 4], seed=[1, 1])
-    bias = tf.random.stateless_normal([2, 5], seed=[2, 2])
-    for kernel_size, stride, pad in [(4, 2, 1), (3, 1, 1)]:
-        kernel = tf.random.stateless_normal([2, kernel_size, kernel_size, 4, 5], seed=[3, kernel_size])
-        unrolled = model_axis_conv(x, kernel, bias, stride, pad, "unrolled")
-        batched = model_axis_conv(x, kernel, bias, stride, pad, "batched_matmul")
-        np.testing.assert_allclose(unrolled.numpy(), batched.numpy(), atol=1e-4)
+@pytest.mark.parametrize(
+    "kernel_size, stride, pad",
+    # (4, 2, 1) and (4, 2, 0) take the space-to-depth path, (3, 2, 1) and (4, 2, 1) on 7x7 the
+    # strided-slice one, (3, 1, 1) is the generator's convolution.
+    [(4, 2, 1), (4, 2, 0), (3, 2, 1), (3, 1, 1)],
+)
+@pytest.mark.parametrize("size", [8, 7])
+def test_unrolled_and_batched_matmul_convolutions_agree_with_gradients(kernel_size, stride, pad, size):
+    # float64, so that a wrong tap order shows up far above the rounding of the two summation orders.
+    x = tf.random.stateless_normal([2, 3, size, size, 4], seed=[1, 1], dtype=tf.float64)
+    bias = tf.random.stateless_normal([2, 5], seed=[2, 2], dtype=tf.float64)
+    kernel = tf.random.stateless_normal([2, kernel_size, kernel_size, 4, 5], seed=[3, kernel_size], dtype=tf.float64)
+    results = {}
+    for implementation in ("unrolled", "batched_matmul"):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            y = model_axis_conv(x, kernel, bias, stride, pad, implementation)
+            loss = tf.reduce_sum(y * tf.cos(y))
+        results[implementation] = (y, *tape.gradient(loss, [x, kernel]))
+    for unrolled, batched in zip(results["unrolled"], results["batched_matmul"]):
+        np.testing.assert_allclose(unrolled.numpy(), batched.numpy(), atol=1e-10, rtol=1e-10)
 
 
 def test_keras_fit_runs_train_step():

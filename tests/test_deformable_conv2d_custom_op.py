@@ -329,3 +329,16 @@ def test_a_library_that_fails_to_load_leaves_import_and_the_fallback_working(tmp
     lines = result.stdout.strip().splitlines()
     assert str(broken) in lines[-2] and "failed to load" in lines[-2]
     assert float(lines[-1]) == 18.0  # 3x3 taps x 2 channels of ones: a plain convolution
+
+
+@pytest.mark.parametrize("isa", ["avx2", "portable"])
+def test_narrower_cpu_gemm_kernels_match_pure_tf(isa):
+    """The suite above checks the widest GEMM micro-kernel this CPU runs; these rerun its
+    parity cases (all tile edges, the packed transposed operand) with a narrower one forced."""
+    selection = "test_matches_pure_tf_output_and_every_gradient and (plain or grouped or many_filters or wide_small_chunks or batch_33)"
+    env = dict(os.environ, E2E_TF_CPU_GEMM_ISA=isa)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selection],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "12 passed" in result.stdout, result.stdout[-2000:]

@@ -31,7 +31,9 @@ generator's output stayed near mid-grey for hundreds of iterations.
 
 Two ways to run a convolution over the model axis, chosen by `conv_implementation` (measured by
 `bench/mlwgan_bench.py`): "batched_matmul" gathers patches and uses one batched matmul over the
-model axis, so the graph has the same size for 1 or 64 models; "unrolled" emits one
+model axis, so the graph has the same size for 1 or 64 models (the critic's 4x4/stride-2
+convolutions first become 2x2/stride-1 ones over 2x2 pixel blocks, which quarters the slices that
+build the patches and their gradient); "unrolled" emits one
 `tf.nn.conv2d` per model inside the same graph. `tf.vectorized_map` cannot be used (Conv2D
 requires a loop-invariant filter) and a grouped convolution has no filter gradient on the CPU
 (under XLA it has one, but XLA's CPU backend expands it into a dense convolution M times larger).
@@ -136,12 +138,33 @@ def _patches(x: tf.Tensor, kernel_size: int, stride: int) -> tf.Tensor:
     return tf.concat(views, axis=-1)
 
 
+def _space_to_depth_conv(x: tf.Tensor, kernel: tf.Tensor, stride: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Rewrites a stride-s convolution with a k x k kernel (k % s == 0) as a stride-1 one with a
+    (k/s) x (k/s) kernel over s x s blocks of pixels stacked into channels.
+
+    x [M, B, H, W, C] (padded, H and W multiples of s), kernel [M, k, k, C, F] ->
+    x [M, B, H/s, W/s, s*s*C], kernel [M, k/s, k/s, s*s*C, F]. The patches then have k*k/s**2
+    slices of s*s*C channels instead of k*k slices of C, which is what makes them cheap to build.
+    """
+    num_models, batch, height, width, channels = x.shape
+    blocks = tf.reshape(x, [num_models, batch, height // stride, stride, width // stride, stride, channels])
+    blocks = tf.transpose(blocks, [0, 1, 2, 4, 3, 5, 6])
+    x = tf.reshape(blocks, [num_models, batch, height // stride, width // stride, stride * stride * channels])
+    taps = kernel.shape[1] // stride
+    kernel = tf.reshape(kernel, [num_models, taps, stride, taps, stride, channels, kernel.shape[-1]])
+    kernel = tf.transpose(kernel, [0, 1, 3, 2, 4, 5, 6])
+    return x, tf.reshape(kernel, [num_models, taps, taps, stride * stride * channels, -1])
+
+
 def model_axis_conv(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor, stride: int, pad: int, implementation: str) -> tf.Tensor:
     """Per-model convolution: x [M, B, H, W, C], kernel [M, k, k, C, F], bias [M, F] -> [M, B, Ho, Wo, F]."""
     x = tf.pad(x, [[0, 0], [0, 0], [pad, pad], [pad, pad], [0, 0]])
     if implementation == "unrolled":
         y = tf.stack([tf.nn.conv2d(x[m], kernel[m], stride, "VALID") for m in range(x.shape[0])])
     else:
+        if stride > 1 and kernel.shape[1] % stride == 0 and x.shape[2] % stride == 0 and x.shape[3] % stride == 0:
+            x, kernel = _space_to_depth_conv(x, kernel, stride)
+            stride = 1
         k = kernel.shape[1]
         patches = _patches(x, k, stride)
         num_models, batch, out_h, out_w, depth = patches.shape
@@ -354,7 +377,11 @@ class MultiImageWGAN(keras.Model):
         real_batch = self._real_batch(real)
         variables = self.critic.trainable_variables
         with tf.GradientTape() as tape:
-            critic_loss = tf.reduce_mean(self.critic(fake), axis=1) - tf.reduce_mean(self.critic(real_batch), axis=1)
+            # One critic pass over fakes and reals together: fewer, larger matmuls than two passes
+            # (the critic normalises each image on its own, so the images do not interact).
+            scores = self.critic(tf.concat([fake, real_batch], axis=1))
+            fake_scores, real_scores = scores[:, : self.config.batch_size], scores[:, self.config.batch_size :]
+            critic_loss = tf.reduce_mean(fake_scores, axis=1) - tf.reduce_mean(real_scores, axis=1)
             total = tf.reduce_sum(critic_loss)  # a sum keeps each model's gradient its own
         self.critic_optimizer.apply(tape.gradient(total, variables), variables)
         c = self.config.clip_value

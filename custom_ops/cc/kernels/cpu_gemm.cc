@@ -1,6 +1,6 @@
 // Blocked CPU GEMM (see cpu_gemm.h): panels of B packed into NR-column micro-panels
-// shared by all threads, an MR x NR register-tile micro-kernel (AVX2+FMA for float
-// and double where the CPU has it) that reads A in place (A is the large operand
+// shared by all threads, an MR x NR register-tile micro-kernel (AVX-512 or AVX2+FMA
+// for float and double, whichever the CPU has) that reads A in place (A is the large operand
 // here, with as few as 64 columns of B per row of A: packing it would cost as much
 // as the products; only a transposed A against a wide B is packed), parallel over
 // blocks of rows of C.
@@ -8,8 +8,10 @@
 #include "cpu_gemm.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -20,7 +22,7 @@
 namespace e2e_tf {
 namespace {
 
-constexpr int64_t kBlockK = 256;   // depth of one packed panel (B micro-panel ~16 KB: L1)
+constexpr int64_t kMicroPanelBytes = 16 * 1024;  // one packed B micro-panel: half of L1
 constexpr int64_t kMaxBlockM = 96;  // rows of A per block (~96 KB of depth: L2)
 constexpr int64_t kMaxPanelBytes = int64_t{4} << 20;  // packed B, all depths (L3)
 constexpr int64_t kTargetTiles = 16;  // enough blocks of rows to balance the threads
@@ -91,80 +93,141 @@ void GenericMicroKernel(int64_t kc, const ASliver<T, MR>& a, const T* b, T* c, i
 }
 
 #ifdef E2E_TF_HAVE_X86
-#define E2E_TF_AVX2 __attribute__((target("avx2,fma"), always_inline)) inline
+// Registers and the operations a micro-kernel needs, per element type and register
+// width (32 bytes: AVX2+FMA, 64 bytes: AVX-512). Each carries its instruction set as
+// a target attribute; the micro-kernels below are flattened into functions compiled
+// for that set, so all of it ends up inlined there.
+template <typename T, int kBytes>
+struct Simd;
 
-// The AVX operations the micro-kernel needs, overloaded for float (8 lanes) and
-// double (4 lanes) registers so that one kernel serves both types.
-E2E_TF_AVX2 __m256 Load(const float* p) { return _mm256_loadu_ps(p); }
-E2E_TF_AVX2 __m256d Load(const double* p) { return _mm256_loadu_pd(p); }
-E2E_TF_AVX2 __m256 Broadcast(const float* p) { return _mm256_broadcast_ss(p); }
-E2E_TF_AVX2 __m256d Broadcast(const double* p) { return _mm256_broadcast_sd(p); }
-E2E_TF_AVX2 __m256 Fma(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
-E2E_TF_AVX2 __m256d Fma(__m256d a, __m256d b, __m256d c) { return _mm256_fmadd_pd(a, b, c); }
-E2E_TF_AVX2 __m256 Add(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
-E2E_TF_AVX2 __m256d Add(__m256d a, __m256d b) { return _mm256_add_pd(a, b); }
-E2E_TF_AVX2 void Store(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
-E2E_TF_AVX2 void Store(double* p, __m256d v) { _mm256_storeu_pd(p, v); }
+// The micro-kernel template passes vectors by value between these operations before
+// it is flattened into its target function; GCC warns that doing so across targets
+// would change the ABI, which never happens once everything is inlined.
+#pragma GCC diagnostic ignored "-Wpsabi"
 
-// Elements of T in one AVX register.
-template <typename T>
-constexpr int kAvxLanes = 32 / sizeof(T);
+#define E2E_TF_AVX2 __attribute__((target("avx2,fma"))) static inline
+template <>
+struct Simd<float, 32> {
+  using Vec = __m256;
+  E2E_TF_AVX2 Vec Load(const float* p) { return _mm256_loadu_ps(p); }
+  E2E_TF_AVX2 Vec Broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+  E2E_TF_AVX2 Vec Fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+  E2E_TF_AVX2 Vec Add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+  E2E_TF_AVX2 void Store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+};
+template <>
+struct Simd<double, 32> {
+  using Vec = __m256d;
+  E2E_TF_AVX2 Vec Load(const double* p) { return _mm256_loadu_pd(p); }
+  E2E_TF_AVX2 Vec Broadcast(const double* p) { return _mm256_broadcast_sd(p); }
+  E2E_TF_AVX2 Vec Fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_pd(a, b, c); }
+  E2E_TF_AVX2 Vec Add(Vec a, Vec b) { return _mm256_add_pd(a, b); }
+  E2E_TF_AVX2 void Store(double* p, Vec v) { _mm256_storeu_pd(p, v); }
+};
 
-// 6 x (2 registers) tile in 12 AVX registers, FMA per broadcast element of A:
-// 6 x 16 floats or 6 x 8 doubles.
-template <typename T>
-__attribute__((target("avx2,fma"))) void Avx2MicroKernel(int64_t kc, const ASliver<T, 6>& a,
-                                                         const T* b, T* c, int64_t ldc,
-                                                         bool accumulate, int m, int n) {
-  using Vec = decltype(Load(b));
-  constexpr int kLanes = kAvxLanes<T>;
-  // acc[i][h]: columns [h * kLanes, (h + 1) * kLanes) of row i. Fully unrolled, the
+#define E2E_TF_AVX512 __attribute__((target("avx512f"))) static inline
+template <>
+struct Simd<float, 64> {
+  using Vec = __m512;
+  E2E_TF_AVX512 Vec Load(const float* p) { return _mm512_loadu_ps(p); }
+  E2E_TF_AVX512 Vec Broadcast(const float* p) { return _mm512_set1_ps(*p); }
+  E2E_TF_AVX512 Vec Fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+  E2E_TF_AVX512 Vec Add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+  E2E_TF_AVX512 void Store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+};
+template <>
+struct Simd<double, 64> {
+  using Vec = __m512d;
+  E2E_TF_AVX512 Vec Load(const double* p) { return _mm512_loadu_pd(p); }
+  E2E_TF_AVX512 Vec Broadcast(const double* p) { return _mm512_set1_pd(*p); }
+  E2E_TF_AVX512 Vec Fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_pd(a, b, c); }
+  E2E_TF_AVX512 Vec Add(Vec a, Vec b) { return _mm512_add_pd(a, b); }
+  E2E_TF_AVX512 void Store(double* p, Vec v) { _mm512_storeu_pd(p, v); }
+};
+
+// Elements of T in one register of kBytes.
+template <typename T, int kBytes>
+constexpr int kLanes = kBytes / static_cast<int>(sizeof(T));
+
+// Tile rows per register width: the MR x (2 registers) accumulators take 12 of the 16
+// AVX2 registers, 24 of the 32 AVX-512 ones (where each load of B then feeds twice
+// the multiply-adds).
+template <int kBytes>
+constexpr int kTileRows = kBytes == 64 ? 12 : 6;
+
+// MR x (2 registers) tile, one FMA per broadcast element of A and register of B:
+// 6 x 16 floats / 6 x 8 doubles with AVX2, 12 x 32 / 12 x 16 with AVX-512.
+template <typename T, int kBytes>
+inline void RegisterTileMicroKernel(int64_t kc, const ASliver<T, kTileRows<kBytes>>& a,
+                                    const T* b, T* c, int64_t ldc, bool accumulate, int m,
+                                    int n) {
+  using S = Simd<T, kBytes>;
+  using Vec = typename S::Vec;
+  constexpr int kRows = kTileRows<kBytes>;
+  constexpr int kWidth = kLanes<T, kBytes>;
+  // acc[i][h]: columns [h * kWidth, (h + 1) * kWidth) of row i. Fully unrolled, the
   // array lives in registers.
-  Vec acc[6][2];
-  const T* rows[6];
+  Vec acc[kRows][2];
+  const T* rows[kRows];
   const int64_t step = a.step;
-#pragma GCC unroll 6
-  for (int i = 0; i < 6; ++i) {
+#pragma GCC unroll 16
+  for (int i = 0; i < kRows; ++i) {
     acc[i][0] = acc[i][1] = Vec{};
     rows[i] = a.row[i];
   }
   // A transposed A read in place steps a cache line (often a page) per depth, which
   // the hardware prefetchers miss: fetch its rows 32 depths ahead.
-  const int64_t ahead = step > 6 ? 32 * step : 0;
+  const int64_t ahead = step > kRows ? 32 * step : 0;
   for (int64_t p = 0, offset = 0; p < kc; ++p, offset += step) {
     if (ahead != 0) __builtin_prefetch(rows[0] + offset + ahead);
-    const auto b0 = Load(b);
-    const auto b1 = Load(b + kLanes);
-#pragma GCC unroll 6
-    for (int i = 0; i < 6; ++i) {
-      const auto ai = Broadcast(rows[i] + offset);
-      acc[i][0] = Fma(ai, b0, acc[i][0]);
-      acc[i][1] = Fma(ai, b1, acc[i][1]);
+    const Vec b0 = S::Load(b);
+    const Vec b1 = S::Load(b + kWidth);
+#pragma GCC unroll 16
+    for (int i = 0; i < kRows; ++i) {
+      const Vec ai = S::Broadcast(rows[i] + offset);
+      acc[i][0] = S::Fma(ai, b0, acc[i][0]);
+      acc[i][1] = S::Fma(ai, b1, acc[i][1]);
     }
-    b += 2 * kLanes;
+    b += 2 * kWidth;
   }
-  if (m == 6 && n == 2 * kLanes) {
-#pragma GCC unroll 6
-    for (int i = 0; i < 6; ++i) {
+  if (m == kRows && n == 2 * kWidth) {
+#pragma GCC unroll 16
+    for (int i = 0; i < kRows; ++i) {
       T* row = c + i * ldc;
-      auto lo = acc[i][0];
-      auto hi = acc[i][1];
+      Vec lo = acc[i][0];
+      Vec hi = acc[i][1];
       if (accumulate) {
-        lo = Add(lo, Load(row));
-        hi = Add(hi, Load(row + kLanes));
+        lo = S::Add(lo, S::Load(row));
+        hi = S::Add(hi, S::Load(row + kWidth));
       }
-      Store(row, lo);
-      Store(row + kLanes, hi);
+      S::Store(row, lo);
+      S::Store(row + kWidth, hi);
     }
     return;
   }
-  T tile[6 * 2 * kLanes];
-#pragma GCC unroll 6
-  for (int i = 0; i < 6; ++i) {
-    Store(tile + 2 * kLanes * i, acc[i][0]);
-    Store(tile + 2 * kLanes * i + kLanes, acc[i][1]);
+  T tile[kRows * 2 * kWidth];
+#pragma GCC unroll 16
+  for (int i = 0; i < kRows; ++i) {
+    S::Store(tile + 2 * kWidth * i, acc[i][0]);
+    S::Store(tile + 2 * kWidth * i + kWidth, acc[i][1]);
   }
-  StoreTile(tile, 2 * kLanes, c, ldc, accumulate, m, n);
+  StoreTile(tile, 2 * kWidth, c, ldc, accumulate, m, n);
+}
+
+// The micro-kernel compiled for each instruction set (`flatten` inlines it and its
+// operations here).
+template <typename T>
+__attribute__((target("avx2,fma"), flatten)) void Avx2MicroKernel(
+    int64_t kc, const ASliver<T, kTileRows<32>>& a, const T* b, T* c, int64_t ldc,
+    bool accumulate, int m, int n) {
+  RegisterTileMicroKernel<T, 32>(kc, a, b, c, ldc, accumulate, m, n);
+}
+
+template <typename T>
+__attribute__((target("avx512f"), flatten)) void Avx512MicroKernel(
+    int64_t kc, const ASliver<T, kTileRows<64>>& a, const T* b, T* c, int64_t ldc,
+    bool accumulate, int m, int n) {
+  RegisterTileMicroKernel<T, 64>(kc, a, b, c, ldc, accumulate, m, n);
 }
 
 #endif  // E2E_TF_HAVE_X86
@@ -231,6 +294,8 @@ void PackedGemm(const ParallelFor& parallel_for, MicroKernel<T, MR> kernel, int6
     }
     return;
   }
+  // Depth of one packed panel: an NR-column micro-panel of B fills kMicroPanelBytes.
+  const int64_t block_k = kMicroPanelBytes / (NR * static_cast<int64_t>(sizeof(T)));
   int64_t block_m = (m + kTargetTiles - 1) / kTargetTiles;
   block_m = std::min(kMaxBlockM, std::max<int64_t>(4 * MR, (block_m + MR - 1) / MR * MR));
   const int64_t m_blocks = (m + block_m - 1) / block_m;
@@ -245,8 +310,8 @@ void PackedGemm(const ParallelFor& parallel_for, MicroKernel<T, MR> kernel, int6
     const auto pack = [&](int64_t begin, int64_t end) {
       for (int64_t s = begin; s < end; ++s) {
         const int64_t jr = s * NR;
-        for (int64_t p0 = 0; p0 < k; p0 += kBlockK) {
-          const int64_t kc = std::min(kBlockK, k - p0);
+        for (int64_t p0 = 0; p0 < k; p0 += block_k) {
+          const int64_t kc = std::min(block_k, k - p0);
           PackB<T, NR>(b, p0, kc, j0 + jr, std::min<int64_t>(NR, nc - jr),
                        packed_b.get() + p0 * slivers * NR + jr * kc);
         }
@@ -263,9 +328,9 @@ void PackedGemm(const ParallelFor& parallel_for, MicroKernel<T, MR> kernel, int6
     // Every element of C is summed over the depth blocks in order, by one thread.
     parallel_for(m_blocks, cost, [&](int64_t begin, int64_t end) {
       thread_local std::vector<T> packed_a;
-      if (pack_a) packed_a.resize(static_cast<size_t>(kMaxBlockM * kBlockK));
-      for (int64_t p0 = 0; p0 < k; p0 += kBlockK) {
-        const int64_t kc = std::min(kBlockK, k - p0);
+      if (pack_a) packed_a.resize(static_cast<size_t>(kMaxBlockM * block_k));
+      for (int64_t p0 = 0; p0 < k; p0 += block_k) {
+        const int64_t kc = std::min(block_k, k - p0);
         const bool add = accumulate || p0 > 0;
         const T* panel = packed_b.get() + p0 * slivers * NR;
         for (int64_t block = begin; block < end; ++block) {
@@ -299,13 +364,50 @@ bool CpuHasAvx2Fma() {
 #endif
 }
 
-// The AVX2+FMA kernel when the CPU has it, else the portable one.
+bool CpuHasAvx512() {
+#ifdef E2E_TF_HAVE_X86
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+#else
+  return false;
+#endif
+}
+
+namespace {
+
+// The widest instruction set the GEMM may use: the CPU's, unless the environment
+// variable E2E_TF_CPU_GEMM_ISA names a narrower one ("avx2" or "portable"), which lets
+// tests check every micro-kernel on one machine.
+enum class Isa { kPortable, kAvx2, kAvx512 };
+
+Isa GemmIsa() {
+  static const Isa isa = [] {
+    Isa best = CpuHasAvx512() ? Isa::kAvx512 : CpuHasAvx2Fma() ? Isa::kAvx2 : Isa::kPortable;
+    const char* forced = std::getenv("E2E_TF_CPU_GEMM_ISA");
+    if (forced == nullptr) return best;
+    const std::string name(forced);
+    if (name == "portable") return Isa::kPortable;
+    if (name == "avx2") return std::min(best, Isa::kAvx2);
+    return best;
+  }();
+  return isa;
+}
+
+}  // namespace
+
+// The widest kernel the CPU runs: AVX-512, AVX2+FMA, else the portable one.
 template <typename T>
 void Gemm(const ParallelFor& parallel_for, int64_t m, int64_t n, int64_t k, MatrixView<T> a,
           MatrixView<T> b, T* c, int64_t ldc, bool accumulate) {
 #ifdef E2E_TF_HAVE_X86
-  if (CpuHasAvx2Fma()) {
-    PackedGemm<T, 6, 2 * kAvxLanes<T>>(parallel_for, &Avx2MicroKernel<T>, m, n, k, a, b, c,
+  const Isa isa = GemmIsa();
+  if (isa == Isa::kAvx512) {
+    PackedGemm<T, kTileRows<64>, 2 * kLanes<T, 64>>(parallel_for, &Avx512MicroKernel<T>, m, n,
+                                                      k, a, b, c, ldc, accumulate);
+    return;
+  }
+  if (isa == Isa::kAvx2) {
+    PackedGemm<T, kTileRows<32>, 2 * kLanes<T, 32>>(parallel_for, &Avx2MicroKernel<T>, m, n, k, a, b, c,
                                           ldc, accumulate);
     return;
   }

@@ -3,8 +3,9 @@
 // Why not Eigen: custom ops must be compiled with exactly tf.sysconfig's flags,
 // which do not enable AVX2/FMA, so Eigen's contraction in this library would run
 // SSE2 code several times slower than the oneDNN convolution it is compared with.
-// This GEMM selects an AVX2+FMA micro-kernel at run time when the CPU has it (and a
-// portable one otherwise), so the op's matrix products run at convolution speed.
+// This GEMM selects an AVX-512 or AVX2+FMA micro-kernel at run time, whichever the CPU
+// has (and a portable one otherwise), so the op's matrix products run at convolution
+// speed.
 
 #ifndef E2E_TF_CUSTOM_OPS_CPU_GEMM_H_
 #define E2E_TF_CUSTOM_OPS_CPU_GEMM_H_
@@ -32,6 +33,9 @@ struct MatrixView {
 // neither, so the fast code paths are compiled with target attributes and chosen
 // at run time.
 bool CpuHasAvx2Fma();
+
+// True when the CPU runs AVX-512F (chosen at run time in the same way).
+bool CpuHasAvx512();
 
 // C = A * B (or C += A * B when `accumulate`), A: (m, k), B: (k, n), C row-major
 // with leading dimension ldc. Every element of C is summed in the same order
