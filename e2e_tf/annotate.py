@@ -30,7 +30,7 @@ def main(argv):
     try:
         annotator = Annotator.from_path(FLAGS.model, top_k=FLAGS.top_k, batch_size=FLAGS.batch_size)
     except (FileNotFoundError, ValueError) as e:  # A wrong --model or --top_k.
-        raise app.UsageError(str(e)) from e
+        sys.exit(f"e2e_tf.annotate: error: {e}")
     failed = 0
     for result in annotator.annotate_files(find_images(argv[1:])):
         failed += "error" in result

@@ -22,6 +22,7 @@ _DATASET = flags.DEFINE_string("dataset", "visual_concepts", "TFDS dataset name 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS's own).")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder with the dataset's manually placed files.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the TFRecord shards, progress files and logs go.")
+flags.mark_flag_as_required("output_dir")
 _METHOD = flags.DEFINE_enum("method", "both", METHODS, "traditional copies, ML-WGAN snapshots, or both.")
 _LIMIT = flags.DEFINE_integer("limit", None, "Augment at most this many images of this shard (for trials).")
 _ITERATIONS = flags.DEFINE_integer("iterations", 2000, "Generator iterations per image.")
@@ -103,8 +104,6 @@ def settings_from_flags() -> OfflineSettings:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not _OUTPUT_DIR.value:
-        raise app.UsageError("--output_dir is required.")
     settings = settings_from_flags()
     dataset, info = datasets.load(_DATASET.value, "train_fit", data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value)
     label_names = list(info.features["labels"].feature.names)

@@ -6,6 +6,8 @@ writes exports/e2e/<next free version>/ with the signatures `serving_default` (i
 and `serving_pixels` (float pixels); see e2e_tf/serving_export.py.
 """
 
+import sys
+
 from absl import app, flags
 
 flags.DEFINE_string("model", None, "Trained model: a model dir (model.keras + model_info.json) written by "
@@ -41,7 +43,7 @@ def main(argv):
             metadata={"dataset": info.dataset, "backbone": info.backbone},
         )
     except (FileNotFoundError, FileExistsError, ValueError) as e:  # A wrong --model, --version or --top_k.
-        raise app.UsageError(str(e)) from e
+        sys.exit(f"e2e_tf.export: error: {e}")
     print(f"Exported {FLAGS.model} to {path}")
 
 

@@ -15,6 +15,7 @@ wrote there (for `--images`, or the first 4 sources in the records):
 
 import os
 import pathlib
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -43,7 +44,7 @@ def _source_images(names: list[str], size: int) -> np.ndarray:
     for name in names:
         path = root / (name if pathlib.Path(name).suffix else f"{name}.jpeg")
         if not path.is_file():
-            raise app.UsageError(f"--images: no image file {path}")
+            sys.exit(f"e2e_tf.mlwgan_grid: error: --images: no image file {path}")
         pixels = tf.io.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
         sources.append(preprocessing.resize_image(pixels, (size, size)).numpy())
     return np.stack(sources)
@@ -64,7 +65,7 @@ def main(argv):
         try:
             names, snapshots, iterations = recorded_snapshots(_AUGMENTED_DIR.value, _IMAGES.value)
         except ValueError as e:
-            raise app.UsageError(str(e)) from e
+            sys.exit(f"e2e_tf.mlwgan_grid: error: {e}")
         _save_grid(output, _source_images(names, snapshots.shape[2]), snapshots, iterations)
         print(f"Snapshots of {', '.join(names)} at iterations {iterations}. Grid: {output}")
         return

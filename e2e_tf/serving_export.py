@@ -195,6 +195,8 @@ def export_model(
         )
     if len(image_size) != 2 or min(int(s) for s in image_size) < 1:
         raise ValueError(f"image_size must be a positive (height, width). Received: image_size={image_size}")
+    if os.path.exists(export_base) and not os.path.isdir(export_base):
+        raise FileExistsError(f"--export_dir {export_base} is a file; give a folder for the numbered versions.")
     os.makedirs(export_base, exist_ok=True)
     if version is not None:
         if int(version) < 0:

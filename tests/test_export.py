@@ -318,6 +318,14 @@ def test_bad_export_arguments_are_named(tmp_path, kwargs, message):
         serving_export.export_model(tiny_model(), export_base=str(tmp_path), **arguments)
 
 
+def test_export_base_that_is_a_file_is_named(tmp_path):
+    base = tmp_path / "not_a_folder"
+    base.write_text("kept")
+    with pytest.raises(FileExistsError, match=f"--export_dir {base} is a file"):
+        serving_export.export_model(tiny_model(), VOCABULARY, IMAGE_SIZE, RESIZE_POLICY, str(base))
+    assert base.read_text() == "kept"
+
+
 def test_export_cli_from_a_keras_file(images, tmp_path):
     model_dir = tmp_path / "trained"
     model_dir.mkdir()
