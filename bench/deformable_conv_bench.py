@@ -5,12 +5,16 @@ times, in the same process and interleaved, one training step's worth of work:
   conv2d    tf.nn.conv2d, gradients w.r.t. input and kernel (the baseline);
   compiled  the E2eTf>DeformableConv2D custom op, gradients w.r.t. input, offsets, kernel;
   pure_tf   the pure-TensorFlow bilinear-sampling path, same gradients;
+  gemms     only the three matrix products of an im2col implementation of this shape, by
+            tf.linalg.matmul (forward, column gradient, kernel gradient): a floor for any
+            sample-then-GEMM kernel (the compiled op's included), before any sampling;
 and prints median milliseconds and the ratio to conv2d.
 
-Peak memory (--memory): each implementation runs in a fresh subprocess on the largest
-shape; after a warm-up step the process's peak-RSS mark is reset (`5` written to
-/proc/self/clear_refs, Linux) and the reported figure is VmHWM after one more step minus
-VmRSS before it: the transient host memory of one forward+backward (CPU only).
+Peak memory (--memory): each implementation runs in a fresh subprocess on the largest shape,
+with TensorFlow's BFC allocator on the CPU (TF_CPU_ALLOCATOR_USE_BFC=true) so that its memory
+statistics exist; after a warm-up step the statistics are reset, and the figure is the allocator's
+peak during one more step minus what it held before: every tensor and kernel temporary of one
+forward+backward (its outputs included), independent of how malloc keeps freed pages.
 
   python bench/deformable_conv_bench.py --repeats=10 --memory
 """
@@ -26,8 +30,8 @@ import time
 from absl import app, flags
 
 flags.DEFINE_integer("repeats", 10, "Timed steps per implementation and shape (median shown).")
-flags.DEFINE_list("implementations", ["conv2d", "compiled", "pure_tf"],
-                  "Which of conv2d, compiled, pure_tf to run.")
+flags.DEFINE_list("implementations", ["conv2d", "compiled", "pure_tf", "gemms"],
+                  "Which of conv2d, compiled, pure_tf, gemms to run.")
 flags.DEFINE_bool("memory", False, "Also measure the peak memory of the largest shape.")
 flags.DEFINE_string("memory_child", None, "Internal: run the memory probe for this "
                     "implementation and print JSON.")
@@ -47,6 +51,19 @@ def _step_fn(implementation: str, batch: int, size: int, channels: int):
     offsets = rng.normal((batch, size, size, 18))
     attrs = dict(strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1,
                  offset_groups=1)
+    if implementation == "gemms":
+        rows, depth = batch * size * size, 9 * channels
+        columns = rng.normal((rows, depth))
+        grad_output = rng.normal((rows, channels))
+        kernel_matrix = tf.reshape(kernel, (depth, channels))
+
+        @tf.function
+        def gemms():
+            return [tf.linalg.matmul(columns, kernel_matrix),
+                    tf.linalg.matmul(grad_output, kernel_matrix, transpose_b=True),
+                    tf.linalg.matmul(columns, grad_output, transpose_a=True)]
+
+        return gemms
     if implementation == "conv2d":
         def forward():
             return tf.nn.conv2d(x, kernel, 1, "SAME")
@@ -104,30 +121,25 @@ def _time_shapes(implementations: list[str], repeats: int) -> None:
 
 
 def _memory_child(implementation: str) -> None:
+    import tensorflow as tf
+
     step = _step_fn(implementation, *LARGEST)
     _run(step)
-
-    def status(field: str) -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError(f"{field} missing from /proc/self/status")
-
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    before = status("VmRSS")
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
     _run(step)
-    print(json.dumps({"peak_delta_bytes": status("VmHWM") - before}))
+    peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+    print(json.dumps({"peak_delta_bytes": peak - before}))
 
 
 def _measure_memory(implementations: list[str]) -> None:
-    print(f"\nPeak host memory of one forward+backward, N, HxW, C = {LARGEST} "
-          "(VmHWM - VmRSS, fresh process each):")
-    for name in implementations:
+    print(f"\nPeak memory of one forward+backward, N, HxW, C = {LARGEST} "
+          "(TensorFlow allocator's peak minus its holding before, fresh process each):")
+    for name in [n for n in implementations if n != "gemms"]:
         result = subprocess.run(
             [sys.executable, os.path.abspath(__file__), f"--memory_child={name}"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True)
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True,
+            env={**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true"})
         peak = json.loads(result.stdout.strip().splitlines()[-1])["peak_delta_bytes"]
         print(f"  {name:>9}: {peak / 2**20:8.1f} MiB")
 
