@@ -29,7 +29,7 @@ import time
 
 from absl import app, flags
 
-flags.DEFINE_integer("repeats", 10, "Timed steps per implementation and shape (median shown).")
+flags.DEFINE_integer("repeats", 10, "Timed steps per implementation and shape (median shown).", lower_bound=1)
 flags.DEFINE_list("implementations", ["conv2d", "compiled", "pure_tf", "gemms"],
                   "Which of conv2d, compiled, pure_tf, gemms to run.")
 flags.DEFINE_bool("memory", False, "Also measure the peak memory of the largest shape.")

@@ -36,13 +36,29 @@ from e2e_tf.serving_export import export_model  # noqa: E402
 from e2e_tf.trained_model import load_trained_model  # noqa: E402
 
 flags.DEFINE_string("model", None, "Trained model dir or .keras file; default an untrained compact E2E-DCNN.")
-flags.DEFINE_integer("num_labels", 260, "Labels of the untrained model (Corel5k has 260).")
+flags.DEFINE_integer("num_labels", 260, "Labels of the untrained model (Corel5k has 260).", lower_bound=1)
 flags.DEFINE_list("image_size", ["128", "128"], "Model input height,width of the untrained model.")
 flags.DEFINE_list("source_size", ["150", "200"], "Height,width of the JPEG test images before resizing.")
 flags.DEFINE_list("batch_sizes", ["1", "32"], "Batch sizes to measure.")
-flags.DEFINE_float("min_seconds", 1.5, "Minimum time per measurement.")
-flags.DEFINE_integer("rounds", 3, "Interleaved rounds; the median is reported.")
+flags.DEFINE_float("min_seconds", 1.5, "Minimum time per measurement.", lower_bound=0)
+flags.DEFINE_integer("rounds", 3, "Interleaved rounds; the median is reported.", lower_bound=1)
 FLAGS = flags.FLAGS
+
+
+def _register_positive_ints_validator(name: str, count: int | None = None) -> None:
+    """Makes absl reject list flag `name` unless it holds `count` (or some) integers >= 1, like lower_bound."""
+
+    def valid(values: list[str]) -> bool:
+        right_length = len(values) == count if count is not None else bool(values)
+        return right_length and all(value.isdigit() and int(value) >= 1 for value in values)
+
+    what = f"{count} integers" if count is not None else "integers"
+    flags.register_validator(name, valid, message=f"--{name} must be {what} >= 1, comma-separated")
+
+
+_register_positive_ints_validator("image_size", count=2)
+_register_positive_ints_validator("source_size", count=2)
+_register_positive_ints_validator("batch_sizes")
 
 
 def _jpeg_images(count, height, width):

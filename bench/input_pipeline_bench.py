@@ -23,10 +23,10 @@ from e2e_tf.training.loop import AnnotationTrainer
 flags.DEFINE_string("dataset", "visual_concepts", "Dataset (a builder of e2e_tf.datasets).")
 flags.DEFINE_string("data_dir", None, "TFDS data directory.")
 flags.DEFINE_string("backbone", "compact", "Backbone.")
-flags.DEFINE_integer("deformable_stages", 1, "Deformable stages.")
-flags.DEFINE_integer("image_size", 64, "Square input size.")
-flags.DEFINE_integer("batch_size", 32, "Batch size.")
-flags.DEFINE_integer("steps", 20, "Timed steps per measurement (after warm-up).")
+flags.DEFINE_integer("deformable_stages", 1, "Deformable stages.", lower_bound=0)
+flags.DEFINE_integer("image_size", 64, "Square input size.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 32, "Batch size.", lower_bound=1)
+flags.DEFINE_integer("steps", 20, "Timed steps per measurement (after warm-up).", lower_bound=1)
 FLAGS = flags.FLAGS
 
 

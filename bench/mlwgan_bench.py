@@ -27,11 +27,15 @@ from absl import app, flags
 
 from e2e_tf.augmentation.mlwgan import CONV_IMPLEMENTATIONS, MLWGANConfig, MultiImageWGAN
 
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 16, "GAN image side.")
-_FILTERS = flags.DEFINE_integer("filters", 8, "generator_filters = critic_filters.")
-_BATCH = flags.DEFINE_integer("batch_size", 8, "Fake images per step and GAN.")
-_IMAGES = flags.DEFINE_integer("images", 16, "Images (GANs) in the run = models trained at once when vectorised.")
-_ITERATIONS = flags.DEFINE_integer("iterations", 20, "Generator iterations per image (5 critic steps each).")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 16, "GAN image side (8, 16, 32, ...).", lower_bound=8)
+_FILTERS = flags.DEFINE_integer("filters", 8, "generator_filters = critic_filters.", lower_bound=1)
+_BATCH = flags.DEFINE_integer("batch_size", 8, "Fake images per step and GAN.", lower_bound=1)
+_IMAGES = flags.DEFINE_integer(
+    "images", 16, "Images (GANs) in the run = models trained at once when vectorised.", lower_bound=1
+)
+_ITERATIONS = flags.DEFINE_integer(
+    "iterations", 20, "Generator iterations per image (5 critic steps each).", lower_bound=1
+)
 _CONV = flags.DEFINE_enum("conv_implementation", "batched_matmul", CONV_IMPLEMENTATIONS, "Convolution over the model axis.")
 _VARIANTS = flags.DEFINE_list(
     "variants", ["per_step", "loop", "loop_xla", "vectorised", "vectorised_xla"], "Which variants to measure."

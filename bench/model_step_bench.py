@@ -45,11 +45,13 @@ _VARIANTS = flags.DEFINE_list(
     ["plain", "e2e"],
     f"Comma-separated variants to time, the first is the baseline: {list(VARIANTS)}.",
 )
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Images per training step.")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Height and width of the square input images.")
-_NUM_LABELS = flags.DEFINE_integer("num_labels", 260, "Number of keywords M (Corel5k has 260).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Images per training step.", lower_bound=1)
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", 224, "Height and width of the square input images.", lower_bound=1
+)
+_NUM_LABELS = flags.DEFINE_integer("num_labels", 260, "Number of keywords M (Corel5k has 260).", lower_bound=1)
 _DEFORMABLE_STAGES = flags.DEFINE_integer(
-    "deformable_stages", 1, "Last stages made deformable in the deformable and e2e variants."
+    "deformable_stages", 1, "Last stages made deformable in the deformable and e2e variants.", lower_bound=0
 )
 _IMPLEMENTATIONS = flags.DEFINE_multi_enum(
     "implementation",
@@ -62,8 +64,8 @@ _JIT_COMPILE = flags.DEFINE_enum(
     "jit_compile", "auto", ["auto", "true", "false"], "XLA for the train step (Keras' auto: off on CPU)."
 )
 _MIXED_PRECISION = flags.DEFINE_bool("mixed_precision", False, "Use the mixed_float16 policy.")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps before timing.")
-_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps; the median is reported.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps before timing.", lower_bound=0)
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps; the median is reported.", lower_bound=1)
 
 
 def build_variant(name: str, implementation: str, image_size: tuple[int, int]) -> keras.Model:
@@ -100,8 +102,6 @@ def main(argv):
         raise app.UsageError(
             f"--variants must name some of {list(VARIANTS)}. Received: {unknown or 'nothing'}"
         )
-    if _STEPS.value < 1 or _BATCH_SIZE.value < 1 or _IMAGE_SIZE.value < 1:
-        raise app.UsageError("--steps, --batch_size and --image_size must be positive.")
     if _MIXED_PRECISION.value:
         keras.mixed_precision.set_global_policy("mixed_float16")
 

@@ -13,8 +13,14 @@ import sys
 
 from absl import app, flags
 
-flags.DEFINE_string("model", None, "A trained model dir or .keras file (written by `python -m e2e_tf.train`), "
-                    "or a SavedModel export (a version folder, or the base folder: its highest version).")
+from e2e_tf.cli_errors import user_errors_exit
+
+PROGRAM = "e2e_tf.annotate"
+
+flags.DEFINE_string("model", None, "A trained model: a model dir (model.keras + model_info.json) written by "
+                    "`python -m e2e_tf.train`, or a .keras file with that model_info.json (vocabulary, input "
+                    "size) next to it; or a SavedModel export (a version folder, or the base folder: its "
+                    "highest version).")
 flags.DEFINE_integer("top_k", None, "Keywords per image; default 5, or the number of labels if fewer.",
                      lower_bound=1)
 flags.DEFINE_integer("batch_size", 32, "Images run through the model at once.", lower_bound=1)
@@ -23,14 +29,12 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) < 2:
-        raise app.UsageError("Give the images or folders (walked for .jpg/.jpeg/.png/.bmp/.gif) to annotate.")
-    from e2e_tf.annotator import Annotator, find_images
+    from e2e_tf.annotator import IMAGE_EXTENSIONS_TEXT, Annotator, find_images
 
-    try:
+    if len(argv) < 2:
+        raise app.UsageError(f"Give the images or folders (walked for {IMAGE_EXTENSIONS_TEXT}) to annotate.")
+    with user_errors_exit(PROGRAM):  # A wrong --model or --top_k.
         annotator = Annotator.from_path(FLAGS.model, top_k=FLAGS.top_k, batch_size=FLAGS.batch_size)
-    except (FileNotFoundError, ValueError) as e:  # A wrong --model or --top_k.
-        sys.exit(f"e2e_tf.annotate: error: {e}")
     failed = 0
     for result in annotator.annotate_files(find_images(argv[1:])):
         failed += "error" in result

@@ -13,9 +13,12 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+# The file name endings `find_images` walks folders for (all formats `tf.io.decode_image` reads).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+# How messages name them, e.g. in annotate's usage and the error for a folder without images.
+IMAGE_EXTENSIONS_TEXT = "/".join(IMAGE_EXTENSIONS)
 DEFAULT_TOP_K = 5
-SAVED_MODEL_FILENAME = "saved_model.pb"
+SAVED_MODEL_FILENAME = tf.saved_model.SAVED_MODEL_FILENAME_PB
 
 # Takes a list of encoded images, returns their label probabilities `[n, M]`; raises
 # `tf.errors.InvalidArgumentError` when one of them cannot be decoded.
@@ -110,7 +113,7 @@ class Annotator:
 
     @classmethod
     def from_trained_model(cls, path: str, *, top_k: Optional[int] = None, batch_size: int = 32) -> "Annotator":
-        """Runs a trained model (a model dir or a `.keras` file with its `model_info.json`)."""
+        """Runs a trained model (a model dir, or a `.keras` file with its `model_info.json` next to it)."""
         from e2e_tf.serving_export import decode_images
         from e2e_tf.trained_model import load_trained_model
 
@@ -201,7 +204,7 @@ def decode_error_message(error: tf.errors.OpError) -> str:
 
 def _read_image_file(path: str):
     if os.path.isdir(path):
-        return None, f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder"
+        return None, f"no image files ({IMAGE_EXTENSIONS_TEXT}) in this folder"
     try:
         with open(path, "rb") as f:
             return f.read(), None

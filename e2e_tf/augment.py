@@ -12,11 +12,21 @@ the images with --num_shards=K and --shard_index=0..K-1 into the same (or separa
 The Wasserstein estimate of every image's GAN is logged to TensorBoard under <output_dir>/logs.
 """
 
+import pathlib
+
 from absl import app, flags, logging
 
 from e2e_tf import datasets  # registers the TFDS builders
 from e2e_tf.augmentation.mlwgan import CONV_IMPLEMENTATIONS, MLWGANConfig
-from e2e_tf.augmentation.offline import METHODS, OfflineSettings, in_shard, run_offline_augmentation
+from e2e_tf.augmentation.offline import (
+    METHODS,
+    ChangedSettingsError,
+    OfflineSettings,
+    describe_differences,
+    in_shard,
+    run_offline_augmentation,
+)
+from e2e_tf.cli_errors import exit_with_error, user_errors_exit
 
 _DATASET = flags.DEFINE_string("dataset", "visual_concepts", "TFDS dataset name registered by e2e_tf.datasets.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS's own).")
@@ -64,48 +74,92 @@ _SHARD_INDEX = flags.DEFINE_integer("shard_index", 0, "Which shard this run hand
 _LOG_EVERY = flags.DEFINE_integer("log_every", 50, "Generator iterations between TensorBoard Wasserstein points.")
 
 
+PROGRAM = "e2e_tf.augment"
+
+# The flag of each `MLWGANConfig` and `OfflineSettings` field, which also names the flags of the
+# settings a rerun changed.
+_GAN_FLAGS = {
+    "image_size": _IMAGE_SIZE,
+    "noise_dim": _NOISE_DIM,
+    "generator_filters": _GENERATOR_FILTERS,
+    "critic_filters": _CRITIC_FILTERS,
+    "batch_size": _BATCH_SIZE,
+    "learning_rate": _LEARNING_RATE,
+    "rho": _RHO,
+    "epsilon": _EPSILON,
+    "clip_value": _CLIP_VALUE,
+    "critic_steps": _CRITIC_STEPS,
+    "initial_critic_steps": _INITIAL_CRITIC_STEPS,
+    "initial_generator_steps": _INITIAL_GENERATOR_STEPS,
+    "heavy_critic_every": _HEAVY_CRITIC_EVERY,
+    "real_jitter": _REAL_JITTER,
+    "conv_implementation": _CONV,
+    "jit_compile": _JIT_COMPILE,
+}
+_SETTINGS_FLAGS = {
+    "method": _METHOD,
+    "iterations": _ITERATIONS,
+    "warmup": _WARMUP,
+    "snapshot_every": _SNAPSHOT_EVERY,
+    "traditional_copies": _TRADITIONAL_COPIES,
+    "traditional_color": _TRADITIONAL_COLOR,
+    "images_per_step": _IMAGES_PER_STEP,
+    "seed": _SEED,
+    "image_format": _IMAGE_FORMAT,
+    "num_shards": _NUM_SHARDS,
+    "shard_index": _SHARD_INDEX,
+    "log_every": _LOG_EVERY,
+}
+# Both, keyed like `ChangedSettingsError.differences` ("gan.batch_size").
+_FLAG_OF_SETTING = {**_SETTINGS_FLAGS, **{f"gan.{field}": flag for field, flag in _GAN_FLAGS.items()}}
+
+
 def settings_from_flags() -> OfflineSettings:
     """The flags as `OfflineSettings` (validated there, with the flag values in the message)."""
-    gan = MLWGANConfig(
-        image_size=_IMAGE_SIZE.value,
-        noise_dim=_NOISE_DIM.value,
-        generator_filters=_GENERATOR_FILTERS.value,
-        critic_filters=_CRITIC_FILTERS.value,
-        batch_size=_BATCH_SIZE.value,
-        learning_rate=_LEARNING_RATE.value,
-        rho=_RHO.value,
-        epsilon=_EPSILON.value,
-        clip_value=_CLIP_VALUE.value,
-        critic_steps=_CRITIC_STEPS.value,
-        initial_critic_steps=_INITIAL_CRITIC_STEPS.value,
-        initial_generator_steps=_INITIAL_GENERATOR_STEPS.value,
-        heavy_critic_every=_HEAVY_CRITIC_EVERY.value,
-        real_jitter=_REAL_JITTER.value,
-        conv_implementation=_CONV.value,
-        jit_compile=_JIT_COMPILE.value,
-    )
-    return OfflineSettings(
-        method=_METHOD.value,
-        gan=gan,
-        iterations=_ITERATIONS.value,
-        warmup=_WARMUP.value,
-        snapshot_every=_SNAPSHOT_EVERY.value,
-        traditional_copies=_TRADITIONAL_COPIES.value,
-        traditional_color=_TRADITIONAL_COLOR.value,
-        images_per_step=_IMAGES_PER_STEP.value,
-        seed=_SEED.value,
-        image_format=_IMAGE_FORMAT.value,
-        num_shards=_NUM_SHARDS.value,
-        shard_index=_SHARD_INDEX.value,
-        log_every=_LOG_EVERY.value,
+    gan = MLWGANConfig(**{field: flag.value for field, flag in _GAN_FLAGS.items()})
+    return OfflineSettings(gan=gan, **{field: flag.value for field, flag in _SETTINGS_FLAGS.items()})
+
+
+def check_dataset(name: str) -> None:
+    """Refuses an unknown --dataset before anything is loaded, listing the known ones."""
+    if name not in datasets.DATASETS:
+        raise ValueError(f"--dataset={name} is not a known dataset; choose one of {', '.join(datasets.DATASETS)}.")
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Refuses an --output_dir that is (or lies under) a regular file, before the slow dataset loading."""
+    path = pathlib.Path(output_dir)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is" if existing == path else f"lies under {existing}, which is"
+        raise FileExistsError(f"--output_dir={output_dir} {where} an existing file, not a folder.")
+
+
+def _flag_of(setting: str) -> str:
+    """The flag behind a `ChangedSettingsError` setting ("gan.batch_size" -> "--gan_batch_size")."""
+    if setting == "label_names":
+        return "labels of --dataset"
+    flag = _FLAG_OF_SETTING.get(setting)
+    return f"--{flag.name}" if flag is not None else setting  # a setting of an older version has no flag
+
+
+def changed_flags_message(error: ChangedSettingsError) -> str:
+    """`error` in terms of this program's flags, like e2e_tf.train's guard of --model_dir."""
+    return (
+        f"--output_dir={_OUTPUT_DIR.value} holds a run started with other flags "
+        f"({describe_differences(error.differences, _flag_of)}). "
+        "Use a new --output_dir, or remove that folder to start over."
     )
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    settings = settings_from_flags()
-    dataset, info = datasets.load(_DATASET.value, "train_fit", data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value)
+    with user_errors_exit(PROGRAM):
+        settings = settings_from_flags()
+        check_dataset(_DATASET.value)
+        check_output_dir(_OUTPUT_DIR.value)
+        dataset, info = datasets.load(_DATASET.value, "train_fit", data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value)
     label_names = list(info.features["labels"].feature.names)
     names = [n.decode() for n in dataset.map(lambda e: e["file_name"]).as_numpy_iterator()]
     total = sum(in_shard(n, settings.num_shards, settings.shard_index) for n in names)
@@ -115,15 +169,18 @@ def main(argv):
         "%s train_fit: %d images, %d in shard %s; %d new images per source.",
         _DATASET.value, len(names), total, settings.shard_tag, settings.images_per_source,
     )
-    summary = run_offline_augmentation(
-        dataset.as_numpy_iterator(),
-        _OUTPUT_DIR.value,
-        settings,
-        label_names=label_names,
-        limit=_LIMIT.value,
-        total_images=total,
-        log=logging.info,
-    )
+    try:
+        summary = run_offline_augmentation(
+            dataset.as_numpy_iterator(),
+            _OUTPUT_DIR.value,
+            settings,
+            label_names=label_names,
+            limit=_LIMIT.value,
+            total_images=total,
+            log=logging.info,
+        )
+    except ChangedSettingsError as error:
+        exit_with_error(PROGRAM, changed_flags_message(error))
     logging.info("Done: %s", summary)
 
 

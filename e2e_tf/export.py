@@ -6,13 +6,17 @@ writes exports/e2e/<next free version>/ with the signatures `serving_default` (i
 and `serving_pixels` (float pixels); see e2e_tf/serving_export.py.
 """
 
-import sys
-
 from absl import app, flags
 
+from e2e_tf.cli_errors import user_errors_exit
+
+PROGRAM = "e2e_tf.export"
+
 flags.DEFINE_string("model", None, "Trained model: a model dir (model.keras + model_info.json) written by "
-                    "`python -m e2e_tf.train`, or a .keras file with model_info.json next to it.")
-flags.DEFINE_string("export_dir", None, "Model base path for TF Serving; the export goes to <export_dir>/<version>/.")
+                    "`python -m e2e_tf.train`, or a .keras file with that model_info.json (vocabulary, input "
+                    "size) next to it: a .keras file alone is not enough.")
+flags.DEFINE_string("export_dir", None, "Model base path for TF Serving (e.g. runs/demo/export, not a version "
+                    "folder in it); the export goes to <export_dir>/<version>/.")
 flags.DEFINE_integer("version", None, "Version folder number; default the next free one. Never overwrites.",
                      lower_bound=0)
 flags.DEFINE_integer("top_k", None, "Keywords (and scores) returned per image by the signatures; "
@@ -26,10 +30,11 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from e2e_tf.serving_export import DEFAULT_TOP_K, export_model
+    from e2e_tf.serving_export import DEFAULT_TOP_K, check_export_base, export_model
     from e2e_tf.trained_model import load_trained_model
 
-    try:
+    with user_errors_exit(PROGRAM):  # A wrong --model, --export_dir, --version or --top_k.
+        check_export_base(FLAGS.export_dir)  # Before the slow model load.
         model, info = load_trained_model(FLAGS.model)
         path = export_model(
             model,
@@ -42,8 +47,6 @@ def main(argv):
             with_custom_op=FLAGS.with_custom_op,
             metadata={"dataset": info.dataset, "backbone": info.backbone},
         )
-    except (FileNotFoundError, FileExistsError, ValueError) as e:  # A wrong --model, --version or --top_k.
-        sys.exit(f"e2e_tf.export: error: {e}")
     print(f"Exported {FLAGS.model} to {path}")
 
 

@@ -44,6 +44,7 @@ def make_dataset(
     augment: Optional[Augment] = None,
     cache: bool = True,
     shuffle_buffer: int = 2048,
+    skip_examples: int = 0,
 ) -> tf.data.Dataset:
     """Builds the batched `(pixels, multi_hot)` dataset.
 
@@ -60,9 +61,15 @@ def make_dataset(
         with a distinct stateless seed for every example drawn.
       cache: cache the decoded examples in memory after the first pass.
       shuffle_buffer: examples in the shuffle buffer.
+      skip_examples: training only: examples of the stream already consumed. A run resumed
+        after K steps passes K * batch_size and then sees the very batches (order and
+        augmentation seeds) that an uninterrupted run would; the skipped examples are only
+        shuffled, not decoded or augmented.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive. Received: batch_size={batch_size}")
+    if skip_examples < 0 or (skip_examples and not training):
+        raise ValueError(f"skip_examples must be >= 0, and only for training. Received: skip_examples={skip_examples}")
     height, width = int(image_size[0]), int(image_size[1])
     ds = image_and_labels(examples)
     if cache:
@@ -82,9 +89,9 @@ def make_dataset(
                 example_seed = tf.stack([tf.constant(seed, tf.int64), index])
                 return tf.ensure_shape(augment(pixels, example_seed), (height, width, 3)), targets
 
-            ds = ds.enumerate().map(augmented, num_parallel_calls=AUTOTUNE)
+            ds = ds.enumerate().skip(skip_examples).map(augmented, num_parallel_calls=AUTOTUNE)
         else:
-            ds = ds.map(to_model_input, num_parallel_calls=AUTOTUNE)
+            ds = ds.skip(skip_examples).map(to_model_input, num_parallel_calls=AUTOTUNE)
     else:
         ds = ds.map(to_model_input, num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE)

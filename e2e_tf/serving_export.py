@@ -2,7 +2,7 @@
 
 A trained model becomes a `tf.Module` with two signatures:
 
-- `serving_default(image_bytes)`: a `tf.string` batch of encoded JPEG/PNG/BMP/GIF images.
+- `serving_default(image_bytes)`: a `tf.string` batch of encoded JPEG/PNG/BMP/GIF/WebP images.
   Decoding and resizing (the training preprocessing, `e2e_tf.preprocessing.resize_image`)
   happen in the graph, so REST clients send `{"b64": ...}` and need no project code.
 - `serving_pixels(pixels)`: float32 `[batch, height, width, 3]` RGB pixels in [0, 255],
@@ -48,7 +48,7 @@ def decode_images(image_bytes: tf.Tensor, image_size: Sequence[int], resize_poli
     pipeline treats a decoded dataset image.
 
     Args:
-      image_bytes: `tf.string` tensor `[batch]` of encoded JPEG, PNG, BMP or GIF images.
+      image_bytes: `tf.string` tensor `[batch]` of encoded JPEG, PNG, BMP, GIF or WebP images.
       image_size: the model's `(height, width)`.
       resize_policy: one of `e2e_tf.preprocessing.RESIZE_POLICIES`.
 
@@ -195,8 +195,7 @@ def export_model(
         )
     if len(image_size) != 2 or min(int(s) for s in image_size) < 1:
         raise ValueError(f"image_size must be a positive (height, width). Received: image_size={image_size}")
-    if os.path.exists(export_base) and not os.path.isdir(export_base):
-        raise FileExistsError(f"--export_dir {export_base} is a file; give a folder for the numbered versions.")
+    check_export_base(export_base)
     os.makedirs(export_base, exist_ok=True)
     if version is not None:
         if int(version) < 0:
@@ -221,6 +220,22 @@ def export_model(
         with _implementation_scope(with_custom_op):
             signatures = module.signatures()
             return _save_atomically(module, signatures, export_info, export_base, version)
+
+
+def check_export_base(export_base: str) -> None:
+    """Raises `FileExistsError` when `export_base` cannot be a TF Serving model base path.
+
+    It must be a folder (or not exist yet) and must not itself be an export: a version folder
+    given as the base would get a SavedModel nested inside it, which TF Serving never finds.
+    """
+    if os.path.exists(export_base) and not os.path.isdir(export_base):
+        raise FileExistsError(f"--export_dir {export_base} is a file; give a folder for the numbered versions.")
+    if os.path.isfile(os.path.join(export_base, tf.saved_model.SAVED_MODEL_FILENAME_PB)):
+        parent = os.path.dirname(os.path.normpath(export_base)) or "."
+        raise FileExistsError(
+            f"--export_dir {export_base} is itself an export (it holds {tf.saved_model.SAVED_MODEL_FILENAME_PB}); "
+            f"pass the base folder that holds the numbered versions ({parent}) instead."
+        )
 
 
 def next_free_version(export_base: str) -> int:

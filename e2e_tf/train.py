@@ -7,11 +7,13 @@ Running the same command again after an interruption resumes from the last
 completed epoch. See `e2e_tf.training.trainer` for what `--model_dir` holds.
 """
 
+import signal
 import sys
 
 from absl import app, flags, logging
 
 from e2e_tf.backbones import BACKBONES
+from e2e_tf.cli_errors import exit_with_error, user_errors_exit
 from e2e_tf.preprocessing import RESIZE_POLICIES
 from e2e_tf.training.config import AUGMENTATIONS, DATASETS, TrainConfig
 from e2e_tf.training.distribute import STRATEGIES
@@ -76,6 +78,8 @@ flags.DEFINE_string("model_dir", None, "Folder the run writes (model.keras, metr
 flags.mark_flag_as_required("model_dir")
 
 FLAGS = flags.FLAGS
+PROGRAM = "e2e_tf.train"
+INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT, what shells report for a Ctrl-C
 
 
 def _flags_text() -> str:
@@ -84,19 +88,25 @@ def _flags_text() -> str:
     return "".join(f"{flag.serialize()}\n" for flag in sorted(own, key=lambda f: f.name) if flag.serialize())
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
+    """Trains the run of the flags; a user's mistake or a Ctrl-C ends it with one line, not a traceback."""
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        exit_with_error(PROGRAM, f"unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TFDS and checkpoint INFO lines would bury the progress bar
-    try:
+    # A wrong flag value, path or dataset is named in one line, without absl's ~120-line flag help.
+    with user_errors_exit(PROGRAM):
         config = TrainConfig(**{name: FLAGS[name].value for name in TrainConfig.__dataclass_fields__})
-    except ValueError as e:
-        raise app.UsageError(str(e)) from e
-    try:
-        train_and_evaluate(config, flags_text=_flags_text())
-    except (ValueError, FileNotFoundError) as e:  # bad data, model dir or flag values: no traceback
-        sys.exit(f"e2e_tf.train: error: {e}")
+        try:
+            train_and_evaluate(config, flags_text=_flags_text())
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this message off
+            print(
+                f"{PROGRAM}: interrupted. Run the same command again to resume from the checkpoint of the "
+                f"last completed epoch (if any) in --model_dir={config.model_dir}.",
+                file=sys.stderr,
+            )
+            sys.exit(INTERRUPTED_EXIT_STATUS)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import zipfile
 from typing import Any
 
 import keras
@@ -94,11 +95,15 @@ def load_trained_model(path: os.PathLike) -> tuple[keras.Model, ModelInfo]:
     """Loads a model written by `python -m e2e_tf.train`.
 
     Args:
-      path: the training's `--model_dir`, or the `model.keras` file inside it
-        (`model_info.json` must be next to it).
+      path: the training's `--model_dir`, or a `.keras` file with that training's
+        `model_info.json` next to it (the weights alone lack the vocabulary and input size).
 
     Returns:
       `(model, info)`: the Keras model (float32 pixels in [0, 255] -> logits) and its `ModelInfo`.
+
+    Raises:
+      FileNotFoundError: no model file at `path`, or no `model_info.json` next to it.
+      ValueError: the model file or `model_info.json` exists but cannot be loaded, or they disagree.
     """
     # Registers the project's serializable layers (DeformableConv2D, SPP, ...).
     import e2e_tf.model  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
@@ -108,10 +113,16 @@ def load_trained_model(path: os.PathLike) -> tuple[keras.Model, ModelInfo]:
     if not model_file.is_file():
         raise FileNotFoundError(
             f"No trained model at {path}: expected a training --model_dir containing {MODEL_FILE} "
-            f"(written once the first epoch is validated) or a .keras file."
+            f"(written once the first epoch is validated) or a .keras file with {MODEL_INFO_FILE} next to it."
         )
-    info = ModelInfo.load(model_file.parent / MODEL_INFO_FILE)
-    model = keras.saving.load_model(model_file, compile=False)
+    info_file = model_file.parent / MODEL_INFO_FILE
+    if not info_file.is_file():
+        raise FileNotFoundError(
+            f"{model_file} needs {MODEL_INFO_FILE} (vocabulary, input size, resize policy) next to it, "
+            f"but {info_file} does not exist: copy it from the training's --model_dir."
+        )
+    info = ModelInfo.load(info_file)
+    model = _load_keras_model(model_file)
     outputs = model.outputs[0].shape[-1] if model.outputs else None
     if outputs is not None and outputs != len(info.vocabulary):
         raise ValueError(
@@ -120,3 +131,32 @@ def load_trained_model(path: os.PathLike) -> tuple[keras.Model, ModelInfo]:
         )
     return model, info
 
+
+# What `keras.saving.load_model` raises for a file that is damaged or not a Keras model.
+_UNLOADABLE_MODEL_ERRORS = (ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile)
+
+
+def _load_keras_model(model_file: pathlib.Path) -> keras.Model:
+    """`keras.saving.load_model`, with an error that says the existing file is unloadable, and why.
+
+    Keras reports a `.keras` file that is not a zip archive (e.g. a truncated copy) as
+    "File not found", which misleads when the file is there.
+    """
+    try:
+        return keras.saving.load_model(model_file, compile=False)
+    except _UNLOADABLE_MODEL_ERRORS as e:
+        if model_file.suffix == ".keras" and not zipfile.is_zipfile(model_file):
+            reason = "it is not a zip archive, as a .keras file is (truncated by an interrupted copy?)"
+        else:
+            reason = _first_line(e)
+        raise ValueError(
+            f"{model_file} exists but could not be loaded as a Keras model (corrupt or not a Keras "
+            f"model file): {reason}"
+        ) from e
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of `error`'s message, at most `limit` characters, for a one-line error."""
+    lines = str(error).strip().splitlines()
+    message = lines[0] if lines else type(error).__name__
+    return message if len(message) <= limit else message[: limit - 3] + "..."

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from e2e_tf.annotator import Annotator, find_images
+from e2e_tf.annotator import IMAGE_EXTENSIONS, IMAGE_EXTENSIONS_TEXT, Annotator, find_images
 from e2e_tf.model import build_model
 from e2e_tf.preprocessing import resize_image
 from e2e_tf.serving_export import export_model
@@ -153,3 +154,36 @@ def test_cli_from_a_trained_model_succeeds_on_good_images(model_dir, trained, im
 def test_bad_model_path_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no_such_model"):
         Annotator.from_path(str(tmp_path / "no_such_model"))
+
+
+def test_find_images_walks_every_listed_extension(tmp_path):
+    for index, extension in enumerate(IMAGE_EXTENSIONS):
+        (tmp_path / f"{index}{extension.upper()}").write_bytes(b"")
+    (tmp_path / "notes.txt").write_bytes(b"")
+    assert len(find_images([str(tmp_path)])) == len(IMAGE_EXTENSIONS)
+
+
+def test_cli_usage_lists_the_extensions_find_images_walks(tmp_path):
+    result, _ = run_cli(tmp_path, f"--model={tmp_path}")
+    assert result.returncode == 1
+    assert f"(walked for {IMAGE_EXTENSIONS_TEXT})" in result.stderr and ".webp" in IMAGE_EXTENSIONS_TEXT
+
+
+@pytest.mark.parametrize("case", ["truncated", "keras_file_alone"])
+def test_cli_names_an_unusable_model_file_in_one_line(case, model_dir, image_tree, tmp_path):
+    folder = tmp_path / case
+    folder.mkdir()
+    model_file = folder / "model.keras"
+    if case == "truncated":  # As an interrupted copy leaves it, model_info.json next to it.
+        with open(os.path.join(model_dir, "model.keras"), "rb") as f:
+            model_file.write_bytes(f.read()[:5000])
+        shutil.copy(os.path.join(model_dir, "model_info.json"), folder)
+        expected = f"e2e_tf.annotate: error: {model_file} exists but could not be loaded"
+    else:
+        shutil.copy(os.path.join(model_dir, "model.keras"), model_file)
+        expected = f"e2e_tf.annotate: error: {model_file} needs model_info.json"
+    result, lines = run_cli(tmp_path, f"--model={model_file}", os.path.join(str(image_tree), "photos"))
+    assert result.returncode == 1 and not lines
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    if case == "keras_file_alone":
+        assert str(folder / "model_info.json") in result.stderr

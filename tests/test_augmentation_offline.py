@@ -1,13 +1,20 @@
-"""Tests of the offline augmentation runner and the augmented TFRecord files."""
+"""Tests of the offline augmentation runner, the augmented TFRecord files and the bench scripts' flags."""
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from e2e_tf.augmentation import augmented_records
 from e2e_tf.augmentation.mlwgan import MLWGANConfig
-from e2e_tf.augmentation.offline import OfflineSettings, in_shard, run_offline_augmentation
+from e2e_tf.augmentation.offline import ChangedSettingsError, OfflineSettings, in_shard, run_offline_augmentation
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 GAN = MLWGANConfig(image_size=8, noise_dim=8, generator_filters=4, critic_filters=4, batch_size=2, jit_compile=False)
 SETTINGS = OfflineSettings(
@@ -109,10 +116,22 @@ def test_limit_then_full_rerun_and_changed_settings_are_refused(tmp_path):
     assert sorted(r["source_file_name"] for r in _read(tmp_path)) == [f"img{i}.jpeg".encode() for i in range(5)]
     progress = json.loads((tmp_path / "progress-s00000-of-00001.json").read_text())
     assert sorted(progress["completed_groups"]) == ["0", "1", "2"]
-    with pytest.raises(ValueError, match="settings"):
+    with pytest.raises(ChangedSettingsError, match="settings") as refused:
         run_offline_augmentation(
             _examples(), tmp_path, OfflineSettings(method="traditional", traditional_copies=2, images_per_step=2)
         )
+    # Only what changed, not the two whole settings dicts.
+    assert refused.value.differences == {"traditional_copies": (1, 2)}
+    assert "traditional_copies: 1 -> 2" in str(refused.value) and "images_per_step" not in str(refused.value)
+
+
+def test_changed_gan_settings_and_labels_are_named_alone(tmp_path):
+    run_offline_augmentation(_examples(2), tmp_path, SETTINGS, label_names=list("abcdefg"), log=lambda _: None)
+    changed = OfflineSettings(**{**SETTINGS.__dict__, "gan": MLWGANConfig(**{**GAN.__dict__, "batch_size": 4})})
+    with pytest.raises(ChangedSettingsError) as refused:
+        run_offline_augmentation(_examples(2), tmp_path, changed, label_names=list("abcdefgh"), log=lambda _: None)
+    assert refused.value.differences == {"gan.batch_size": (2, 4), "label_names": (list("abcdefg"), list("abcdefgh"))}
+    assert "label_names: [a, b, c, ... (7 items)] -> [a, b, c, ... (8 items)]" in str(refused.value)
 
 
 def test_shards_partition_the_images(tmp_path):
@@ -130,3 +149,67 @@ def test_settings_validation_names_the_flag():
         OfflineSettings(method="mlwgan", iterations=10, warmup=20)
     with pytest.raises(ValueError, match="shard_index"):
         OfflineSettings(num_shards=2, shard_index=2)
+
+
+def _run(*command: str) -> subprocess.CompletedProcess:
+    """Runs a program of this repository (`-m module` or a script path) with `sys.executable`."""
+    return subprocess.run([sys.executable, *command], capture_output=True, text=True, cwd=REPO, env=ENV, timeout=300)
+
+
+def _error_line(result: subprocess.CompletedProcess) -> str:
+    """The one `e2e_tf.augment: error: ...` line a refused run ends with (exit status 1, no traceback)."""
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("e2e_tf.augment: error: "), result.stderr[-3000:]
+    return line
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--dataset=nosuch"], ["--dataset=nosuch", "corel5k, espgame, iaprtc12, visual_concepts"]),
+        (["--output_dir={file}"], ["--output_dir={file} is an existing file"]),
+        (["--num_shards=2", "--shard_index=5"], ["shard_index=5", "num_shards=2"]),
+        (["--warmup=100", "--iterations=50"], ["warmup=100", "iterations=50"]),
+    ],
+)
+def test_augment_user_mistakes_end_with_one_error_line(tmp_path, args, expected):
+    file = tmp_path / "a_file"
+    file.write_text("")
+    fill = lambda text: text.format(file=file)  # noqa: E731
+    line = _error_line(_run("-m", "e2e_tf.augment", f"--output_dir={tmp_path / 'out'}", *map(fill, args)))
+    for text in map(fill, expected):
+        assert text in line
+
+
+def test_augment_rerun_with_other_flags_names_only_those(tmp_path_factory, tmp_path):
+    # The TFDS dir of test_train's smoke runs: the embedded dataset is built once per session.
+    tfds_dir = tmp_path_factory.getbasetemp() / "tfds"
+    common = (
+        "-m", "e2e_tf.augment", f"--data_dir={tfds_dir}", f"--output_dir={tmp_path}",
+        "--method=traditional", "--limit=1", "--images_per_step=1",
+    )
+    first = _run(*common, "--traditional_copies=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    line = _error_line(_run(*common, "--traditional_copies=2", "--rmsprop_rho=0.9"))
+    assert line == (
+        f"e2e_tf.augment: error: --output_dir={tmp_path} holds a run started with other flags "
+        "(--rmsprop_rho: 0.99 -> 0.9; --traditional_copies: 1 -> 2). "
+        "Use a new --output_dir, or remove that folder to start over."
+    )
+
+
+@pytest.mark.parametrize(
+    "script, bad_flag",
+    [
+        ("deformable_conv_bench.py", "--repeats=0"),
+        ("deformable_conv_bench.py", "--repeats=-2"),
+        ("export_bench.py", "--batch_sizes=0,32"),
+        ("input_pipeline_bench.py", "--steps=0"),
+        ("mlwgan_bench.py", "--images=0"),
+        ("model_step_bench.py", "--steps=0"),
+    ],
+)
+def test_bench_scripts_reject_counts_below_one(script, bad_flag):
+    result = _run(f"bench/{script}", bad_flag)
+    assert result.returncode == 1 and f"Flags parsing error: flag {bad_flag.partition('=')[0]}=" in result.stderr

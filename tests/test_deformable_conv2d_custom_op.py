@@ -331,6 +331,27 @@ def test_a_library_that_fails_to_load_leaves_import_and_the_fallback_working(tmp
     assert float(lines[-1]) == 18.0  # 3x3 taps x 2 channels of ones: a plain convolution
 
 
+@pytest.mark.parametrize("from_env", [True, False])
+def test_a_missing_library_error_names_where_the_path_came_from(from_env, tmp_path, monkeypatch):
+    """A wrong $E2E_TF_DEFORMABLE_OP_LIBRARY is named as such, not as a failed install."""
+    missing = tmp_path / "nonexistent.so"
+    if from_env:
+        monkeypatch.setenv(custom.LIBRARY_ENV, str(missing))
+    else:
+        monkeypatch.delenv(custom.LIBRARY_ENV, raising=False)
+        monkeypatch.setattr(custom, "LIBRARY_NAME", missing.name)
+    # A fresh load attempt; monkeypatch restores the loaded library afterwards.
+    for name, value in (("_loaded", False), ("_library", None), ("_load_error", None)):
+        monkeypatch.setattr(custom, name, value)
+    assert not custom.is_available()
+    error = custom.load_error()
+    if from_env:
+        assert error.startswith(f"${custom.LIBRARY_ENV} points at {missing}") and "does not exist" in error
+        assert "not compiled" not in error
+    else:
+        assert "does not exist" in error and "not compiled when the project was installed" in error
+
+
 @pytest.mark.parametrize("isa", ["avx2", "portable"])
 def test_narrower_cpu_gemm_kernels_match_pure_tf(isa):
     """The suite above checks the widest GEMM micro-kernel this CPU runs; these rerun its

@@ -4,6 +4,8 @@ import base64
 import io
 import json
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -51,7 +53,7 @@ def tiny_model():
 
 
 def encoded_test_images():
-    """Returns [(encoded bytes, RGB uint8 pixels a correct decoder gives)] in four formats."""
+    """Returns [(encoded bytes, RGB uint8 pixels a correct decoder gives)]: PNG, BMP, JPEG, GIF, WebP."""
     rng = np.random.default_rng(1)
 
     def pixels(height, width, channels=3):
@@ -75,6 +77,10 @@ def encoded_test_images():
     images.append((jpeg, tf.io.decode_jpeg(jpeg, channels=3).numpy()))  # Lossy: decoded pixels.
     gif = pil_bytes(pixels(28, 33), "GIF")
     images.append((gif, np.asarray(Image.open(io.BytesIO(gif)).convert("RGB"))))
+    webp = pixels(27, 31)
+    buffer = io.BytesIO()
+    Image.fromarray(webp).save(buffer, format="WEBP", lossless=True)
+    images.append((buffer.getvalue(), webp))
     return images
 
 
@@ -364,3 +370,42 @@ def test_with_custom_op_traces_the_compiled_op(trained, images, tmp_path):
     )
     expected = keras_probabilities(model, [decoded for _, decoded in images])
     np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-5)
+
+
+def test_a_truncated_model_file_is_named_as_unloadable_not_missing(model_dir, tmp_path):
+    """As an interrupted copy leaves it: the start of the zip archive, without its central directory."""
+    truncated = tmp_path / "model.keras"
+    truncated.write_bytes((pathlib.Path(model_dir) / "model.keras").read_bytes()[:5000])
+    shutil.copy(os.path.join(model_dir, "model_info.json"), tmp_path)
+    with pytest.raises(ValueError, match="exists but could not be loaded") as raised:
+        load_trained_model(str(tmp_path))
+    message = str(raised.value)
+    assert str(truncated) in message and "not a zip archive" in message and "File not found" not in message
+
+
+def test_a_keras_file_without_model_info_names_both_paths(model_dir, tmp_path):
+    alone = tmp_path / "alone.keras"
+    shutil.copy(os.path.join(model_dir, "model.keras"), alone)
+    with pytest.raises(FileNotFoundError, match="model_info.json") as raised:
+        load_trained_model(str(alone))
+    assert str(alone) in str(raised.value) and str(tmp_path / "model_info.json") in str(raised.value)
+    assert "next to it" in str(raised.value)
+
+
+def test_an_export_dir_that_is_itself_an_export_is_refused(export_dir):
+    before = sorted(os.listdir(export_dir))
+    with pytest.raises(FileExistsError, match="is itself an export") as raised:
+        serving_export.export_model(tiny_model(), VOCABULARY, IMAGE_SIZE, RESIZE_POLICY, export_dir)
+    assert f"({os.path.dirname(export_dir)})" in str(raised.value)
+    assert sorted(os.listdir(export_dir)) == before  # No version nested inside the version folder.
+
+
+def test_export_cli_refuses_a_version_folder_in_one_line(model_dir, export_dir):
+    result = subprocess.run(
+        [sys.executable, "-m", "e2e_tf.export", f"--model={model_dir}", f"--export_dir={export_dir}"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"e2e_tf.export: error: --export_dir {export_dir} is itself an export")
+    assert "Traceback" not in result.stderr and not os.path.exists(os.path.join(export_dir, "1"))

@@ -81,3 +81,29 @@ def test_rejects_non_positive_batch_size():
     examples, _, _ = _examples(2)
     with pytest.raises(ValueError, match="batch_size"):
         _pipeline(examples, training=False, batch_size=0)
+
+
+@pytest.mark.parametrize("with_augmentation", [False, True])
+def test_skipped_stream_continues_exactly_where_an_uninterrupted_one_is(with_augmentation):
+    """A resumed run skips the examples of its completed steps and then sees the same batches."""
+    examples, _, _ = _examples(10)
+
+    def augment(image, seed):
+        return image + tf.cast(seed[1], tf.float32)  # the drawn example's seed shows in the pixels
+
+    options = dict(training=True, seed=5, augment=augment if with_augmentation else None)
+    straight = [b for b in _pipeline(examples, **options).take(7)]
+    # 3 batches of 4 = 12 examples: past the first pass of 10, so the reshuffle is crossed too.
+    resumed = [b for b in _pipeline(examples, skip_examples=12, **options).take(4)]
+    for got, want in zip(resumed, straight[3:]):
+        np.testing.assert_array_equal(got[0].numpy(), want[0].numpy())
+        np.testing.assert_array_equal(got[1].numpy(), want[1].numpy())
+    assert not np.array_equal(resumed[0][0].numpy(), straight[0][0].numpy())
+
+
+def test_skip_is_for_training_streams_only():
+    examples, _, _ = _examples(2)
+    with pytest.raises(ValueError, match="skip_examples"):
+        _pipeline(examples, training=False, skip_examples=4)
+    with pytest.raises(ValueError, match="skip_examples"):
+        _pipeline(examples, training=True, skip_examples=-1)

@@ -55,17 +55,22 @@ def _check_model_dir(model_dir, num_test_images, dataset):
     return result
 
 
+def _wait_for_checkpoint(process: subprocess.Popen, model_dir, epoch: int, timeout: float = 300) -> None:
+    """Waits until the training in `process` has checkpointed `epoch`, while it is still running."""
+    deadline = time.time() + timeout
+    while not (model_dir / "checkpoints" / f"ckpt-{epoch}.index").exists():
+        assert process.poll() is None, "training ended before it could be interrupted"
+        assert time.time() < deadline, f"no checkpoint within {timeout} s"
+        time.sleep(0.2)
+
+
 def test_killed_run_resumes_and_writes_the_model_directory(tfds_dir, tmp_path):
     model_dir = tmp_path / "run"
     args = ("--epochs=40", "--steps_per_epoch=2", "--max_test_examples=16")
     process = subprocess.Popen(_command(tfds_dir, model_dir, *args), cwd=REPO, env=ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
     try:
-        while not list((model_dir / "checkpoints").glob("ckpt-2.index")):
-            assert process.poll() is None, "training ended before it could be interrupted"
-            assert time.time() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.2)
+        _wait_for_checkpoint(process, model_dir, 2)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -111,3 +116,49 @@ def test_real_corel5k_smoke_run_writes_test_metrics(tmp_path):
     result = _check_model_dir(model_dir, 32, "corel5k")
     assert result["num_labels"] == 260
     assert "Test (32 images, 260 labels, top-5" in stdout
+
+
+def test_a_failed_start_locks_nothing_and_ctrl_c_says_how_to_resume(tfds_dir, tmp_path):
+    model_dir = tmp_path / "run"
+    # --top_k beyond the 33 labels of visual_concepts fails once the vocabulary is known, before any step.
+    failed = subprocess.run(_command(tfds_dir, model_dir, "--top_k=50"), capture_output=True, text=True,
+                            cwd=REPO, env=ENV, timeout=300)
+    assert failed.returncode == 1 and "Epoch" not in failed.stdout
+    assert failed.stderr.strip().splitlines()[-1] == (
+        "e2e_tf.train: error: --top_k=50 exceeds the 33 labels of visual_concepts; give --top_k <= 33."
+    )
+    assert not (model_dir / "flags.txt").exists() and not (model_dir / "model_info.json").exists()
+
+    # The corrected command trains in the same folder; Ctrl-C then ends it with one line.
+    process = subprocess.Popen(_command(tfds_dir, model_dir, "--epochs=1000", "--steps_per_epoch=1"), cwd=REPO,
+                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_checkpoint(process, model_dir, 1)
+        # Python sees a SIGINT only between bytecodes of the main thread, and one that lands in a
+        # finaliser is dropped ("Exception ignored"): press Ctrl-C again until the program ends.
+        for _ in range(120):
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=1)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "e2e_tf.train: interrupted. Run the same command again to resume from the checkpoint of the last "
+        f"completed epoch (if any) in --model_dir={model_dir}."
+    )
+
+
+def test_a_model_dir_that_is_a_file_is_named_in_one_line(tmp_path):
+    not_a_folder = tmp_path / "run"
+    not_a_folder.write_text("")
+    result = subprocess.run(_command(tmp_path / "tfds", not_a_folder), capture_output=True, text=True,
+                            cwd=REPO, env=ENV, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"e2e_tf.train: error: --model_dir={not_a_folder} is a file")

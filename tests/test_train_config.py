@@ -1,5 +1,6 @@
 """Tests of the training configuration: flag parsing, validation messages, schedules, config files."""
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import keras
 import pytest
 from absl import flags
 
-from e2e_tf import train  # noqa: F401  (defines the flags parsed below)
+from e2e_tf import train  # defines the flags parsed below
 from e2e_tf.training.config import TrainConfig
 from e2e_tf.training.schedules import learning_rate_schedule
 
@@ -76,6 +77,59 @@ def test_unknown_choices_name_the_flag(parse, args, message):
 def test_invalid_values_name_the_flag(parse, args, message):
     with pytest.raises(ValueError, match=message):
         parse("--model_dir=x", *args)
+
+
+CONFIG_ERRORS = [
+    (["--batch_size=-4"], "--batch_size=-4"),
+    (["--batch_size=0"], "--batch_size=0"),
+    (["--epochs=0"], "--epochs=0"),
+    (["--steps_per_epoch=0"], "--steps_per_epoch=0"),
+    (["--image_size=0"], "--image_size"),
+    (["--learning_rate=-1"], "--learning_rate=-1"),
+    (["--top_k=0"], "--top_k=0"),
+    (["--epochs=2", "--steps=10"], "--epochs or --steps"),
+    (["--augmentation=mlwgan"], "--augmented_dir"),
+    (["--dropout=1.5"], "--dropout=1.5"),
+    (["--weight_decay=-1"], "--weight_decay=-1"),
+]
+
+
+@pytest.mark.parametrize("args, message", CONFIG_ERRORS)
+def test_main_ends_a_config_error_with_one_line_naming_the_flag(parse, monkeypatch, tmp_path, args, message):
+    monkeypatch.setattr(train, "train_and_evaluate", lambda *a, **k: pytest.fail("the run started"))
+    flags.FLAGS(["train", f"--model_dir={tmp_path}", *args])  # parse() would fail building the config
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["train"])  # not app.UsageError, which app.run answers with the whole flag help
+    error = str(exit_info.value.code)
+    assert error.startswith("e2e_tf.train: error: ") and message in error and "\n" not in error
+
+
+def test_command_line_config_error_is_one_line_without_the_flag_help(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "e2e_tf.train", "--batch_size=0", f"--model_dir={tmp_path}"],
+        capture_output=True, text=True, cwd=REPO, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == "e2e_tf.train: error: --batch_size must be a positive integer. Received: --batch_size=0"
+    assert "Examples in the shuffle buffer" not in result.stderr  # --shuffle_buffer's help: no flag help
+
+
+def test_ctrl_c_ends_training_with_one_line_saying_how_to_resume(parse, monkeypatch, capsys):
+    def interrupted(config, flags_text):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train_and_evaluate", interrupted)
+    parse("--model_dir=runs/x")
+    with pytest.raises(SystemExit) as exit_info:
+        try:
+            train.main(["train"])
+        except KeyboardInterrupt:
+            pytest.fail("KeyboardInterrupt escaped main (a traceback)")
+    assert exit_info.value.code == 130
+    stderr = capsys.readouterr().err.strip().splitlines()
+    assert len(stderr) == 1 and "interrupted" in stderr[0]
+    assert "same command" in stderr[0] and "resume" in stderr[0] and "--model_dir=runs/x" in stderr[0]
 
 
 def test_command_line_reports_a_bad_dataset_and_exits_non_zero(tmp_path):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import keras
+import pytest
 import tensorflow as tf
 
 from e2e_tf.training.loop import AnnotationTrainer, sigmoid_cross_entropy
@@ -14,12 +15,11 @@ Y = (RNG.random((16, 3)) < 0.4).astype("float32")
 BATCH, STEPS = 4, 4  # one epoch is exactly one pass, so every epoch sees the same batches
 
 
-def _model(seed):
+def _model(seed, dropout=0.0):
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential(
-        [keras.Input((5,)), keras.layers.Dense(8, activation="relu", kernel_regularizer=keras.regularizers.L2(1e-3)),
-         keras.layers.Dense(3)]
-    )
+    hidden = keras.layers.Dense(8, activation="relu", kernel_regularizer=keras.regularizers.L2(1e-3))
+    dropout_layers = [keras.layers.Dropout(dropout, seed=seed)] if dropout else []
+    model = keras.Sequential([keras.Input((5,)), hidden, *dropout_layers, keras.layers.Dense(3)])
     optimizer = keras.optimizers.RMSprop(
         keras.optimizers.schedules.ExponentialDecay(0.01, decay_steps=3, decay_rate=0.5), momentum=0.5
     )
@@ -43,15 +43,18 @@ def _fit(model, optimizer, directory, epochs, extra_callbacks=()):
     return initial_epoch, history, state
 
 
-def test_resumed_run_continues_at_the_right_epoch_with_the_same_weights(tmp_path):
-    straight, straight_opt = _model(1)
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_resumed_run_continues_at_the_right_epoch_with_the_same_weights(tmp_path, dropout):
+    straight, straight_opt = _model(1, dropout)
     _fit(straight, straight_opt, tmp_path / "straight", epochs=3)
 
-    first, first_opt = _model(1)
+    first, first_opt = _model(1, dropout)
     _fit(first, first_opt, tmp_path / "resumed", epochs=2)
     after_two = [w.copy() for w in first.get_weights()]
 
-    resumed, resumed_opt = _model(2)  # different initialisation: everything must come from the checkpoint
+    # Different initialisation and dropout seed: everything, dropout's random state included, must
+    # come from the checkpoint.
+    resumed, resumed_opt = _model(2, dropout)
     state = TrainingState(resumed, resumed_opt, tmp_path / "resumed")
     assert state.restore() == 2
     for restored, saved in zip(resumed.get_weights(), after_two):
@@ -112,3 +115,28 @@ def test_best_model_is_kept_across_a_resume(tmp_path):
     for got, want in zip(keras.saving.load_model(path).get_weights(), best_weights):
         np.testing.assert_array_equal(got, want)
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporary files
+
+
+def test_checkpoint_restores_every_variable_of_the_e2e_model(tmp_path):
+    """Non-trainable weights nested in custom layers (SPP's batch norms) and dropout states come back."""
+    from e2e_tf.model import build_model
+
+    def model_and_optimizer():
+        model = build_model(4, backbone="compact", deformable_stages=1, spp=True, image_size=(32, 32),
+                            deformable_implementation="pure_tf")
+        optimizer = keras.optimizers.RMSprop(0.01)
+        optimizer.build(model.trainable_variables)
+        return model, optimizer
+
+    saved, saved_optimizer = model_and_optimizer()
+    rng = np.random.default_rng(0)
+    for variable in saved.variables:  # a distinct value everywhere, as after some training
+        variable.assign(rng.integers(1, 100, variable.shape).astype(variable.dtype))
+    TrainingState(saved, saved_optimizer, tmp_path).save(1)
+
+    restored, restored_optimizer = model_and_optimizer()
+    assert TrainingState(restored, restored_optimizer, tmp_path).restore() == 1
+    assert any("moving_mean" in v.path and "spp" in v.path for v in restored.variables)
+    assert any("seed_generator_state" in v.path for v in restored.variables)
+    for got, want in zip(restored.variables, saved.variables):
+        np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=want.path)

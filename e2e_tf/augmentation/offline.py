@@ -157,6 +157,54 @@ def _atomic_write_json(path: pathlib.Path, content: dict) -> None:
     os.replace(temporary, path)
 
 
+class ChangedSettingsError(ValueError):
+    """An output folder holds a run started with other settings (resuming it would mix two runs).
+
+    Attributes:
+      output_dir: the folder.
+      differences: {setting: (stored, now)} of only the settings that differ, keyed by field name
+        ("traditional_copies"), "gan.<field>" for the GAN's, and "label_names", so that a program
+        can name its own flags for them (see `describe_differences`).
+    """
+
+    def __init__(self, output_dir: pathlib.Path, differences: dict[str, tuple[object, object]]):
+        self.output_dir = output_dir
+        self.differences = differences
+        super().__init__(
+            f"{output_dir} holds a run started with other settings ({describe_differences(differences)}). "
+            "Use the same settings to resume, a new output folder, or remove that folder to start over."
+        )
+
+
+def describe_differences(differences: dict[str, tuple[object, object]], name: Callable[[str], str] = str) -> str:
+    """`name(setting): stored -> now` of each difference, sorted and "; "-separated, for a one-line message."""
+    return "; ".join(sorted(f"{name(key)}: {_brief(old)} -> {_brief(new)}" for key, (old, new) in differences.items()))
+
+
+def _brief(value: object) -> str:
+    """A value for a one-line message: a long list (the label names) as its first items and length."""
+    if isinstance(value, list) and len(value) > 3:
+        return f"[{', '.join(map(str, value[:3]))}, ... ({len(value)} items)]"
+    return str(value)
+
+
+def _flatten(settings: dict, prefix: str = "") -> dict:
+    """Nested settings as one level, {"gan": {"batch_size": 8}} -> {"gan.batch_size": 8}."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _differences(stored: dict, now: dict) -> dict[str, tuple[object, object]]:
+    """{setting: (stored, now)} of the (flattened) settings whose values differ."""
+    stored, now = _flatten(stored), _flatten(now)
+    return {key: (stored.get(key), now.get(key)) for key in stored.keys() | now.keys() if stored.get(key) != now.get(key)}
+
+
 class _Progress:
     """The progress file of one shard: settings and the finished groups."""
 
@@ -165,12 +213,11 @@ class _Progress:
         expected = {"settings": settings.to_json(), "label_names": label_names}
         if self.path.exists():
             state = json.loads(self.path.read_text())
-            for key, value in expected.items():
-                if state.get(key) != value:
-                    raise ValueError(
-                        f"{self.path} was written with different {key} (stored {state.get(key)!r}, now {value!r}); "
-                        "rerun with the same flags to resume, or use a new --output_dir."
-                    )
+            differences = _differences(state.get("settings") or {}, expected["settings"])
+            if state.get("label_names") != label_names:  # one value: their positions are the label indices
+                differences["label_names"] = (state.get("label_names"), label_names)
+            if differences:
+                raise ChangedSettingsError(output_dir, differences)
             self.state = state
         else:
             self.state = {**expected, "completed_groups": {}}
@@ -315,6 +362,9 @@ def run_offline_augmentation(
 
     Returns:
       {"groups_written", "groups_skipped", "images", "records", "seconds"} for this run.
+
+    Raises:
+      ChangedSettingsError: `output_dir` holds this shard's run with other settings or labels.
     """
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

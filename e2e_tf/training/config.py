@@ -73,8 +73,12 @@ class TrainConfig:
         for name in ("learning_rate", "epsilon"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name} must be > 0. Received: --{name}={getattr(self, name)}")
-        if not 0 <= self.rho < 1:
-            raise ValueError(f"--rho must be in [0, 1). Received: --rho={self.rho}")
+        for name in ("rho", "dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be in [0, 1). Received: --{name}={getattr(self, name)}")
+        for name in ("weight_decay", "momentum"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"--{name} must be >= 0. Received: --{name}={getattr(self, name)}")
         if self.deformable_stages < 0:
             raise ValueError(f"--deformable_stages must be >= 0. Received: --deformable_stages={self.deformable_stages}")
         if self.epochs is not None and self.steps is not None:

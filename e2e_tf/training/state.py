@@ -1,4 +1,4 @@
-"""Resumable training state: weights, optimizer slots and step, epoch, best validation score.
+"""Resumable training state: weights, random states, optimizer slots and step, epoch, best score.
 
 A `tf.train.Checkpoint` saved after every epoch. TensorFlow writes the data files
 first and then swaps the `checkpoint` index file atomically, so a run killed while
@@ -39,8 +39,13 @@ class TrainingState:
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.best_score = tf.Variable(float("-inf"), dtype=tf.float64, trainable=False, name="best_score")
         self.best_epoch = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_epoch")
+        # Every variable of the model, by position, besides the model itself: TensorFlow's checkpoint
+        # of a Keras 3 model misses the non-trainable weights of layers nested in custom layers (the
+        # BatchNormalization statistics inside SpatialPyramidPooling) and the random states of layers
+        # such as Dropout; without them a resumed run would not continue the uninterrupted one.
         self._checkpoint = tf.train.Checkpoint(
             model=model,
+            model_variables=list(model.variables),
             optimizer=optimizer,
             epoch=self.epoch,
             best_score=self.best_score,

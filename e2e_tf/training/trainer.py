@@ -59,22 +59,22 @@ def train_and_evaluate(config: TrainConfig, flags_text: Optional[str] = None) ->
     model_dir = pathlib.Path(config.model_dir)
     # Non-chief workers keep their own copy of everything, so nobody writes the chief's files twice.
     work_dir = model_dir if role.is_chief else model_dir / "workers" / f"{role.task_type}_{role.task_id}"
-    work_dir.mkdir(parents=True, exist_ok=True)
+    # Everything a flag or the data can get wrong is checked before flags.txt and model_info.json
+    # are written (just before the first step), so a failed start leaves no run to resume.
+    _make_model_dir(work_dir)
     if flags_text is not None:
-        check_same_run(work_dir / FLAGS_FILE, flags_text)
-        atomic_write_text(work_dir / FLAGS_FILE, flags_text)
+        check_same_run(work_dir / FLAGS_FILE, flags_text, checkpoint_dir=model_dir / "checkpoints")
+    _check_weights(config)
+    augment, extra_examples = _augmentation(config)
 
     train_examples, info = _load(config, "train_fit" if config.validation else "train", config.max_train_examples)
     vocabulary = list(info.features["labels"].feature.names)
+    _check_top_k(config, len(vocabulary))
     label_counts = _label_counts(train_examples, len(vocabulary))
     num_train = int(_count(train_examples))
-    augment, extra_examples = _augmentation(config)
     if extra_examples is not None:
         train_examples = image_and_labels(train_examples).concatenate(image_and_labels(extra_examples))
         num_train += int(_count(extra_examples))
-    ModelInfo(vocabulary, config.image_size, config.resize_policy, config.dataset, config.backbone).save(
-        work_dir / MODEL_INFO_FILE
-    )
     epochs, steps_per_epoch = config.schedule(num_train)
     pipeline = dict(
         num_labels=len(vocabulary),
@@ -83,13 +83,6 @@ def train_and_evaluate(config: TrainConfig, flags_text: Optional[str] = None) ->
         batch_size=config.batch_size,
         cache=config.cache,
     )
-    train_data = make_dataset(
-        train_examples, training=True, seed=config.seed, augment=augment, shuffle_buffer=config.shuffle_buffer, **pipeline
-    )
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    train_data = train_data.with_options(options)
-
     with strategy.scope():
         model = build_model(
             len(vocabulary),
@@ -108,10 +101,30 @@ def train_and_evaluate(config: TrainConfig, flags_text: Optional[str] = None) ->
         model, optimizer, work_dir / "checkpoints", restore_directory=model_dir / "checkpoints"
     )
     initial_epoch = state.restore()
+    # Every worker runs the whole stream and keeps its share (DATA sharding), so all skip the
+    # examples of the completed epochs alike.
+    train_data = make_dataset(
+        train_examples,
+        training=True,
+        seed=config.seed,
+        augment=augment,
+        shuffle_buffer=config.shuffle_buffer,
+        skip_examples=initial_epoch * steps_per_epoch * config.batch_size,
+        **pipeline,
+    )
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    train_data = train_data.with_options(options)
     validate = None
     if config.validation:
         validation_examples, _ = _load(config, "validation", config.max_test_examples)
         validate = ValidationScorer(model, make_dataset(validation_examples, training=False, **pipeline), config.top_k)
+    # The run starts here: from now on model_dir holds it (and a checkpoint makes it resumable).
+    if flags_text is not None:
+        atomic_write_text(work_dir / FLAGS_FILE, flags_text)
+    ModelInfo(vocabulary, config.image_size, config.resize_policy, config.dataset, config.backbone).save(
+        work_dir / MODEL_INFO_FILE
+    )
     callbacks = [
         SaveBestModel(work_dir / MODEL_FILE, state, monitor="val_f1" if config.validation else None),
         SaveTrainingState(state),
@@ -144,14 +157,17 @@ def train_and_evaluate(config: TrainConfig, flags_text: Optional[str] = None) ->
     return result
 
 
-def check_same_run(flags_file: pathlib.Path, flags_text: str) -> None:
+def check_same_run(flags_file: pathlib.Path, flags_text: str, checkpoint_dir: Optional[pathlib.Path] = None) -> None:
     """Refuses to resume the run in `flags_file`'s folder with flags that change the run.
 
     Resuming restores weights, optimizer and selection state, so a model folder must not be
     reused with another model, data or preprocessing; only the flags in
-    `FLAGS_ALLOWED_TO_CHANGE_ON_RESUME` may differ.
+    `FLAGS_ALLOWED_TO_CHANGE_ON_RESUME` may differ. Only a run that has a checkpoint in
+    `checkpoint_dir` (default: `checkpoints/` next to `flags_file`) would be resumed: a folder
+    whose run never completed an epoch is started over with the new flags.
     """
-    if not flags_file.exists():
+    checkpoint_dir = flags_file.parent / "checkpoints" if checkpoint_dir is None else checkpoint_dir
+    if not flags_file.exists() or tf.train.latest_checkpoint(str(checkpoint_dir)) is None:
         return
     previous, current = _parse_flags(flags_file.read_text()), _parse_flags(flags_text)
     changed = sorted(
@@ -275,8 +291,39 @@ def _augmentation(config: TrainConfig) -> tuple[Optional[Augment], Optional[tf.d
                 f"--augmentation={config.augmentation} needs e2e_tf.augmentation.augmented_records, which "
                 f"could not be imported: {e}"
             ) from e
-        extra = load_augmented_dataset(config.augmented_dir)
+        try:
+            extra = load_augmented_dataset(config.augmented_dir)
+        except ValueError as e:
+            raise ValueError(f"--augmented_dir={config.augmented_dir}: {e}") from e
     return augment, extra
+
+
+def _make_model_dir(work_dir: pathlib.Path) -> None:
+    """Creates the run's folder, or raises a ValueError naming --model_dir (not an OSError traceback)."""
+    if work_dir.exists() and not work_dir.is_dir():
+        raise ValueError(f"--model_dir={work_dir} is a file; give a folder (new or of a run to resume).")
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--model_dir={work_dir} cannot be created: {e.strerror or e}") from e
+
+
+def _check_weights(config: TrainConfig) -> None:
+    """A --weights file must exist before the data is loaded (build_model would find out later)."""
+    if config.weights not in (None, "imagenet") and not pathlib.Path(config.weights).is_file():
+        raise FileNotFoundError(
+            f"--weights={config.weights}: no such file (give 'imagenet', a weights file of the plain "
+            f"{config.backbone} backbone, or leave it unset to train from scratch)."
+        )
+
+
+def _check_top_k(config: TrainConfig, num_labels: int) -> None:
+    """--top_k labels per image must exist in the vocabulary (the metrics would fail after an epoch)."""
+    if config.top_k > num_labels:
+        raise ValueError(
+            f"--top_k={config.top_k} exceeds the {num_labels} labels of {config.dataset}; "
+            f"give --top_k <= {num_labels}."
+        )
 
 
 def _optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Optimizer:

@@ -40,14 +40,22 @@ def _load():
             _loaded = True
             path = library_path()
             if not os.path.exists(path):
-                _load_error = (f"{path} does not exist: the op was not compiled when the project "
-                               "was installed (no C++ compiler, or the build failed)")
+                _load_error = _missing_library_error(path)
             else:
                 try:
                     _library = tf.load_op_library(path)
                 except Exception as error:  # noqa: BLE001 - e.g. built for another TF version
                     _load_error = f"{path} failed to load: {error}"
         return _library
+
+
+def _missing_library_error(path: str) -> str:
+    """Why `path` is missing: a wrong $E2E_TF_DEFORMABLE_OP_LIBRARY, or no build at install time."""
+    if os.environ.get(LIBRARY_ENV):
+        return (f"${LIBRARY_ENV} points at {path}, a file that does not exist (unset it to use the "
+                f"library built at install time, or point it at a built {LIBRARY_NAME})")
+    return (f"{path} does not exist: the op was not compiled when the project was installed "
+            "(no C++ compiler, or the build failed)")
 
 
 def is_available() -> bool:
