@@ -79,7 +79,6 @@ flags.mark_flag_as_required("model_dir")
 
 FLAGS = flags.FLAGS
 PROGRAM = "e2e_tf.train"
-INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT, what shells report for a Ctrl-C
 
 
 def _flags_text() -> str:
@@ -88,25 +87,38 @@ def _flags_text() -> str:
     return "".join(f"{flag.serialize()}\n" for flag in sorted(own, key=lambda f: f.name) if flag.serialize())
 
 
+class _Stopped(KeyboardInterrupt):
+    """Raised in the main thread by a SIGTERM (a scheduler's stop), so it ends like a Ctrl-C."""
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    del frame
+    raise _Stopped(signum)
+
+
 def main(argv: list[str]) -> None:
-    """Trains the run of the flags; a user's mistake or a Ctrl-C ends it with one line, not a traceback."""
+    """Trains the run of the flags; a user's mistake, a Ctrl-C or a SIGTERM ends it with one line."""
     if len(argv) > 1:
         exit_with_error(PROGRAM, f"unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TFDS and checkpoint INFO lines would bury the progress bar
+    signal.signal(signal.SIGTERM, _raise_stopped)
     # A wrong flag value, path or dataset is named in one line, without absl's ~120-line flag help.
     with user_errors_exit(PROGRAM):
         config = TrainConfig(**{name: FLAGS[name].value for name in TrainConfig.__dataclass_fields__})
         try:
             train_and_evaluate(config, flags_text=_flags_text())
-        except KeyboardInterrupt:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this message off
-            print(
-                f"{PROGRAM}: interrupted. Run the same command again to resume from the checkpoint of the "
+        except KeyboardInterrupt as interrupt:
+            # A second signal must not cut this message off.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            how = "stopped (SIGTERM)" if isinstance(interrupt, _Stopped) else "interrupted"
+            print(  # on a line of its own, after the progress bar's
+                f"\n{PROGRAM}: {how}. Run the same command again to resume from the checkpoint of the "
                 f"last completed epoch (if any) in --model_dir={config.model_dir}.",
                 file=sys.stderr,
             )
-            sys.exit(INTERRUPTED_EXIT_STATUS)
+            sys.exit(128 + (signal.SIGTERM if isinstance(interrupt, _Stopped) else signal.SIGINT))
 
 
 if __name__ == "__main__":

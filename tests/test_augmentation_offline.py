@@ -149,6 +149,8 @@ def test_settings_validation_names_the_flag():
         OfflineSettings(method="mlwgan", iterations=10, warmup=20)
     with pytest.raises(ValueError, match="shard_index"):
         OfflineSettings(num_shards=2, shard_index=2)
+    with pytest.raises(ValueError, match="num_shards must be >= 1"):
+        OfflineSettings(num_shards=0, shard_index=0)
 
 
 def _run(*command: str) -> subprocess.CompletedProcess:

@@ -35,8 +35,12 @@ def test_a_folder_whose_run_never_trained_accepts_changed_flags(tmp_path):
     check_same_run(tmp_path / "flags.txt", CHANGED)
 
 
-def test_more_epochs_and_another_location_may_resume(trained):
+def test_more_epochs_and_another_location_may_resume_with_a_note_on_the_schedule(trained, capsys):
     check_same_run(trained / "flags.txt", STARTED_WITH.replace("--epochs=6", "--epochs=9").replace("runs/demo", "moved"))
+    note = capsys.readouterr().out
+    assert "--epochs: 6 -> 9" in note and "learning-rate schedule" in note
+    check_same_run(trained / "flags.txt", STARTED_WITH.replace("runs/demo", "moved"))
+    assert capsys.readouterr().out == ""  # the same length: nothing to say
 
 
 def test_changed_preprocessing_is_refused_naming_the_flags(trained):

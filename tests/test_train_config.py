@@ -2,8 +2,10 @@
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import keras
 import pytest
@@ -115,9 +117,27 @@ def test_command_line_config_error_is_one_line_without_the_flag_help(tmp_path):
     assert "Examples in the shuffle buffer" not in result.stderr  # --shuffle_buffer's help: no flag help
 
 
-def test_ctrl_c_ends_training_with_one_line_saying_how_to_resume(parse, monkeypatch, capsys):
+@pytest.fixture
+def signal_handlers():
+    """Restores this process's SIGINT and SIGTERM handlers, which train.main changes."""
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for number, handler in saved.items():
+        signal.signal(number, handler)
+
+
+@pytest.mark.parametrize("stop, status, how", [
+    ("ctrl_c", 130, "interrupted"),
+    ("sigterm", 143, "stopped (SIGTERM)"),
+])
+def test_ctrl_c_or_sigterm_ends_training_with_one_line_saying_how_to_resume(
+        parse, monkeypatch, capsys, signal_handlers, stop, status, how):
     def interrupted(config, flags_text):
-        raise KeyboardInterrupt
+        if stop == "ctrl_c":
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler main installed raises in this thread
+        time.sleep(5)
+        pytest.fail("SIGTERM did not stop training")
 
     monkeypatch.setattr(train, "train_and_evaluate", interrupted)
     parse("--model_dir=runs/x")
@@ -126,9 +146,9 @@ def test_ctrl_c_ends_training_with_one_line_saying_how_to_resume(parse, monkeypa
             train.main(["train"])
         except KeyboardInterrupt:
             pytest.fail("KeyboardInterrupt escaped main (a traceback)")
-    assert exit_info.value.code == 130
+    assert exit_info.value.code == status
     stderr = capsys.readouterr().err.strip().splitlines()
-    assert len(stderr) == 1 and "interrupted" in stderr[0]
+    assert len(stderr) == 1 and stderr[0].startswith(f"e2e_tf.train: {how}. ")
     assert "same command" in stderr[0] and "resume" in stderr[0] and "--model_dir=runs/x" in stderr[0]
 
 

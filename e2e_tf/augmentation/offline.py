@@ -89,6 +89,8 @@ class OfflineSettings:
             )
         if self.images_per_step < 1:
             raise ValueError(f"images_per_step must be >= 1. Received: images_per_step={self.images_per_step}")
+        if self.num_shards < 1:
+            raise ValueError(f"num_shards must be >= 1. Received: num_shards={self.num_shards}")
         if not 0 <= self.shard_index < self.num_shards:
             raise ValueError(
                 f"Need 0 <= shard_index < num_shards. Received: shard_index={self.shard_index}, num_shards={self.num_shards}"

@@ -134,7 +134,8 @@ def train_and_evaluate(config: TrainConfig, flags_text: Optional[str] = None) ->
         resumed = f", resuming after epoch {initial_epoch}" if initial_epoch else ""
         print(
             f"Training {model.name} ({model.count_params():,} parameters) on {config.dataset}: "
-            f"{num_train} images, {epochs} epochs x {steps_per_epoch} steps of {config.batch_size}"
+            f"{num_train} images, {epochs} epoch{'s' if epochs != 1 else ''} x {steps_per_epoch} steps "
+            f"of {config.batch_size}"
             f"{resumed}. Writing {model_dir}",
             flush=True,
         )
@@ -180,6 +181,16 @@ def check_same_run(flags_file: pathlib.Path, flags_text: str, checkpoint_dir: Op
         raise ValueError(
             f"{flags_file.parent} holds a run started with other flags ({differences}). "
             "Use a new --model_dir, or remove that folder to start over."
+        )
+    longer = [name for name in ("epochs", "steps") if previous.get(name) != current.get(name)]
+    if longer:
+        # Allowed (train a finished run further), but the learning-rate schedule is recomputed over
+        # the new length: the result differs from a run started with that length.
+        changes = "; ".join(f"--{name}: {previous.get(name)} -> {current.get(name)}" for name in longer)
+        print(
+            f"Note: resuming {flags_file.parent} with another length ({changes}); the learning-rate "
+            "schedule now spans the new length, so the run differs from one started with it.",
+            flush=True,
         )
 
 
