@@ -7,6 +7,7 @@ Running the same command again after an interruption resumes from the last
 completed epoch. See `e2e_tf.training.trainer` for what `--model_dir` holds.
 """
 
+import os
 import signal
 import sys
 
@@ -109,16 +110,19 @@ def main(argv: list[str]) -> None:
         try:
             train_and_evaluate(config, flags_text=_flags_text())
         except KeyboardInterrupt as interrupt:
-            # A second signal must not cut this message off.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            how = "stopped (SIGTERM)" if isinstance(interrupt, _Stopped) else "interrupted"
+            stopped = isinstance(interrupt, _Stopped)
             print(  # on a line of its own, after the progress bar's
-                f"\n{PROGRAM}: {how}. Run the same command again to resume from the checkpoint of the "
-                f"last completed epoch (if any) in --model_dir={config.model_dir}.",
+                f"\n{PROGRAM}: {'stopped (SIGTERM)' if stopped else 'interrupted'}. Run the same command "
+                f"again to resume from the checkpoint of the last completed epoch (if any) in "
+                f"--model_dir={config.model_dir}.",
                 file=sys.stderr,
+                flush=True,
             )
-            sys.exit(128 + (signal.SIGTERM if isinstance(interrupt, _Stopped) else signal.SIGINT))
+            sys.stdout.flush()
+            # Exits at once: an interrupt can leave TensorFlow's input pipeline mid-step, and Python's
+            # shutdown would wait on it. Every checkpoint and model file is complete on disk already
+            # (they are written atomically at epoch ends).
+            os._exit(128 + (signal.SIGTERM if stopped else signal.SIGINT))
 
 
 if __name__ == "__main__":

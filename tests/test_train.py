@@ -136,10 +136,10 @@ def test_a_failed_start_locks_nothing_and_ctrl_c_says_how_to_resume(tfds_dir, tm
         _wait_for_checkpoint(process, model_dir, 1)
         # Python sees a SIGINT only between bytecodes of the main thread, and one that lands in a
         # finaliser is dropped ("Exception ignored"): press Ctrl-C again until the program ends.
-        for _ in range(120):
+        for _ in range(12):
             process.send_signal(signal.SIGINT)
             try:
-                process.wait(timeout=1)
+                process.wait(timeout=10)
                 break
             except subprocess.TimeoutExpired:
                 pass
