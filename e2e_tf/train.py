@@ -7,7 +7,6 @@ Running the same command again after an interruption resumes from the last
 completed epoch. See `e2e_tf.training.trainer` for what `--model_dir` holds.
 """
 
-import os
 import signal
 import sys
 
@@ -116,13 +115,8 @@ def main(argv: list[str]) -> None:
                 f"again to resume from the checkpoint of the last completed epoch (if any) in "
                 f"--model_dir={config.model_dir}.",
                 file=sys.stderr,
-                flush=True,
             )
-            sys.stdout.flush()
-            # Exits at once: an interrupt can leave TensorFlow's input pipeline mid-step, and Python's
-            # shutdown would wait on it. Every checkpoint and model file is complete on disk already
-            # (they are written atomically at epoch ends).
-            os._exit(128 + (signal.SIGTERM if stopped else signal.SIGINT))
+            sys.exit(128 + (signal.SIGTERM if stopped else signal.SIGINT))
 
 
 if __name__ == "__main__":

@@ -130,8 +130,11 @@ def test_a_failed_start_locks_nothing_and_ctrl_c_says_how_to_resume(tfds_dir, tm
     assert not (model_dir / "flags.txt").exists() and not (model_dir / "model_info.json").exists()
 
     # The corrected command trains in the same folder; Ctrl-C then ends it with one line.
+    # A shell starts background jobs with SIGINT ignored, and a child inherits that (Python then never
+    # raises KeyboardInterrupt): give the program the SIGINT of a terminal, whoever runs the tests.
     process = subprocess.Popen(_command(tfds_dir, model_dir, "--epochs=1000", "--steps_per_epoch=1"), cwd=REPO,
-                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         _wait_for_checkpoint(process, model_dir, 1)
         # Python sees a SIGINT only between bytecodes of the main thread, and one that lands in a
