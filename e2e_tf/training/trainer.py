@@ -176,8 +176,11 @@ def check_same_run(flags_file: pathlib.Path, flags_text: str, checkpoint_dir: Op
         for name in previous.keys() | current.keys()
         if name not in FLAGS_ALLOWED_TO_CHANGE_ON_RESUME and previous.get(name) != current.get(name)
     )
+    def describe(names: list[str]) -> str:
+        return "; ".join(f"--{name}: {previous.get(name)} -> {current.get(name)}" for name in names)
+
     if changed:
-        differences = "; ".join(f"--{name}: {previous.get(name)} -> {current.get(name)}" for name in changed)
+        differences = describe(changed)
         raise ValueError(
             f"{flags_file.parent} holds a run started with other flags ({differences}). "
             "Use a new --model_dir, or remove that folder to start over."
@@ -186,9 +189,8 @@ def check_same_run(flags_file: pathlib.Path, flags_text: str, checkpoint_dir: Op
     if longer:
         # Allowed (train a finished run further), but the learning-rate schedule is recomputed over
         # the new length: the result differs from a run started with that length.
-        changes = "; ".join(f"--{name}: {previous.get(name)} -> {current.get(name)}" for name in longer)
         print(
-            f"Note: resuming {flags_file.parent} with another length ({changes}); the learning-rate "
+            f"Note: resuming {flags_file.parent} with another length ({describe(longer)}); the learning-rate "
             "schedule now spans the new length, so the run differs from one started with it.",
             flush=True,
         )
